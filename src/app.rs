@@ -1,0 +1,184 @@
+//! Wiring: opens the backends, starts consumers and serves HTTP until a
+//! signal, then drains and flushes.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::consumer::{ack_cycle, message_listener, session_consumer};
+use crate::embedded::{Embedded, SqliteStore, SqliteTopic};
+use crate::model::IdGenerator;
+use crate::service::backend::{DurableTopic, Store};
+use crate::service::{AckService, AuthService, DeliveryHub, Directory, MessageService, RedeliveryTracker, Services};
+
+/// Events queued between the session consumer and the listener (batches).
+const EVENT_QUEUE: usize = 64;
+/// Time allowed for draining on shutdown.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// A node with its background tasks.
+pub struct Node {
+    pub services: Services,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Reads the JWT secret from config, or from `<data-dir>/jwt.secret`
+/// (created once with 32 random bytes), so restarts keep tokens valid.
+fn jwt_secret(cfg: &Config) -> anyhow::Result<Vec<u8>> {
+    if !cfg.jwt_secret.is_empty() {
+        return Ok(cfg.jwt_secret.as_bytes().to_vec());
+    }
+    let path = cfg.data_dir.join("jwt.secret");
+    if let Ok(existing) = std::fs::read(&path) {
+        if existing.len() >= 32 {
+            return Ok(existing);
+        }
+    }
+    let secret: [u8; 32] = rand::random();
+    let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    write_private(&path, hex.as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(hex.into_bytes())
+}
+
+fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(path)?;
+    f.write_all(data)?;
+    f.sync_all()
+}
+
+impl Node {
+    /// Opens the embedded backends under the data dir and starts consumers.
+    pub async fn start(cfg: Config) -> anyhow::Result<Node> {
+        let cfg = Arc::new(cfg);
+        let db = Embedded::open(&cfg.data_dir, cfg.durability == "full", cfg.commit_batch_max)
+            .with_context(|| format!("cannot open the store in {}", cfg.data_dir.display()))?;
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::new(&db));
+        let session_topic: Arc<dyn DurableTopic> = SqliteTopic::open(&db, "session").await?;
+        let ack_topic: Arc<dyn DurableTopic> = SqliteTopic::open(&db, "ack").await?;
+        let secret = jwt_secret(&cfg)?;
+        let ids = Arc::new(IdGenerator::new(cfg.node_id));
+        let auth = Arc::new(AuthService::new(&secret, cfg.jwt_ttl_secs)?);
+        let directory = Arc::new(Directory::new(store.clone(), auth.clone(), ids.clone()));
+        let delivery = Arc::new(DeliveryHub::new(cfg.max_connections_per_user, cfg.connection_queue));
+        let acks = AckService::start(ack_topic.clone());
+        let redelivery = Arc::new(RedeliveryTracker::new(
+            Duration::from_millis(cfg.ack_timeout_ms),
+            Duration::from_millis(cfg.max_redelivery_wait_ms),
+            cfg.max_redeliveries,
+        ));
+        let messages = Arc::new(MessageService::new(
+            cfg.clone(),
+            ids.clone(),
+            store.clone(),
+            session_topic.clone(),
+            directory.clone(),
+            acks.clone(),
+            delivery.clone(),
+        ));
+        let services = Services {
+            config: cfg,
+            ids,
+            auth,
+            directory,
+            messages,
+            acks,
+            delivery,
+            redelivery,
+            store,
+        };
+        let (shutdown, _) = watch::channel(false);
+        let tasks = start_consumers(&services, &*session_topic, &*ack_topic, &shutdown).await?;
+        Ok(Node { services, shutdown, tasks })
+    }
+
+    /// Stops consumers after they drained what was published, then flushes.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        let all = futures_util::future::join_all(self.tasks);
+        if tokio::time::timeout(DRAIN_TIMEOUT, all).await.is_err() {
+            tracing::warn!("consumers did not drain in time");
+        }
+        if let Err(e) = self.services.store.close().await {
+            tracing::error!(error = %e, "final flush failed");
+        }
+    }
+}
+
+async fn start_consumers(
+    s: &Services,
+    session_topic: &dyn DurableTopic,
+    ack_topic: &dyn DurableTopic,
+    shutdown: &watch::Sender<bool>,
+) -> anyhow::Result<Vec<JoinHandle<()>>> {
+    let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
+    let session_consumer = session_topic.consumer("inbox-writer").await?;
+    let ack_consumer = ack_topic.consumer("ack-cycle").await?;
+    Ok(vec![
+        tokio::spawn(session_consumer::run(session_consumer, s.store.clone(), events_tx, shutdown.subscribe())),
+        tokio::spawn(message_listener::run(events_rx, s.delivery.clone())),
+        tokio::spawn(ack_cycle::run_acks(
+            ack_consumer,
+            s.store.clone(),
+            s.acks.clone(),
+            s.redelivery.clone(),
+            shutdown.subscribe(),
+        )),
+        tokio::spawn(ack_cycle::run_redelivery(
+            s.redelivery.clone(),
+            s.messages.clone(),
+            s.delivery.clone(),
+            shutdown.subscribe(),
+        )),
+    ])
+}
+
+/// `herald serve`: runs until SIGINT/SIGTERM, then stops accepting,
+/// drains the consumers, flushes and returns.
+pub async fn serve(cfg: Config) -> anyhow::Result<()> {
+    let metrics = crate::telemetry::metrics_handle();
+    let listen = cfg.listen.clone();
+    let node = Node::start(cfg).await?;
+    let app = crate::controller::routes(node.services.clone(), metrics);
+    let listener = poem::listener::TcpListener::bind(listen.clone());
+    tracing::info!(%listen, "herald listening");
+    poem::Server::new(listener)
+        .run_with_graceful_shutdown(app, shutdown_signal(), Some(Duration::from_secs(2)))
+        .await
+        .with_context(|| format!("cannot serve on {listen}"))?;
+    tracing::info!("stopping: draining consumers");
+    node.stop().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

@@ -1,0 +1,107 @@
+//! Entry points: the REST API (`rest`), STOMP over WebSocket (`stomp`), and
+//! the operational endpoints (health, readiness, metrics, docs, web client).
+
+pub mod rest;
+pub mod stomp;
+
+use std::time::Instant;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use poem::http::StatusCode;
+use poem::web::Data;
+use poem::{get, handler, Endpoint, EndpointExt, IntoEndpoint, IntoResponse, Request, Response, Route};
+use tracing::Instrument;
+
+use crate::service::Services;
+
+/// The whole HTTP application of one node.
+pub fn routes(services: Services, metrics: PrometheusHandle) -> impl Endpoint<Output = Response> {
+    let api = rest::api(services.clone());
+    let spec = api.spec_yaml();
+    let ui = api.swagger_ui();
+    Route::new()
+        .nest(rest::BASE_PATH, rest::json_errors(api.into_endpoint()))
+        .at("/ws", get(stomp::ws_endpoint))
+        .at("/healthz", get(healthz))
+        .at("/readyz", get(readyz))
+        .at("/metrics", get(metrics_text))
+        .at(
+            "/openapi.yaml",
+            get(poem::endpoint::make_sync(move |_| {
+                Response::builder()
+                    .content_type("application/yaml")
+                    .body(spec.clone())
+            })),
+        )
+        .nest("/docs", ui)
+        .at("/", get(web_client))
+        .data(services)
+        .data(metrics)
+        .around(observe)
+}
+
+/// A tracing span and the duration histogram for every request.
+async fn observe<E: Endpoint>(ep: std::sync::Arc<E>, req: Request) -> poem::Result<Response> {
+    let method = req.method().to_string();
+    let path = route_label(req.uri().path());
+    let span = tracing::info_span!("http", %method, path = %req.uri().path());
+    let started = Instant::now();
+    let resp = async { ep.call(req).await.map(IntoResponse::into_response) }
+        .instrument(span)
+        .await;
+    let status = match &resp {
+        Ok(r) => r.status().as_u16(),
+        Err(e) => e.status().as_u16(),
+    };
+    metrics::histogram!("herald_http_request_duration_seconds",
+        "method" => method, "path" => path, "status" => status.to_string())
+    .record(started.elapsed().as_secs_f64());
+    resp
+}
+
+/// The path with ids replaced, so the label set stays small.
+fn route_label(path: &str) -> String {
+    if path.starts_with("/docs") {
+        return "/docs".into();
+    }
+    path.split('/')
+        .map(|seg| if !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()) { "{id}" } else { seg })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+#[handler]
+fn healthz() -> &'static str {
+    "ok"
+}
+
+#[handler]
+async fn readyz(services: Data<&Services>) -> Response {
+    match services.store.ping().await {
+        Ok(()) => "ready".into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}")).into_response(),
+    }
+}
+
+#[handler]
+fn metrics_text(handle: Data<&PrometheusHandle>) -> Response {
+    Response::builder()
+        .content_type("text/plain; version=0.0.4")
+        .body(handle.render())
+}
+
+#[handler]
+fn web_client() -> Response {
+    Response::builder()
+        .content_type("text/html; charset=utf-8")
+        .body(include_str!("../../static/index.html"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn route_labels_hide_ids() {
+        assert_eq!(super::route_label("/api/v1/groups/123/members/45"), "/api/v1/groups/{id}/members/{id}");
+        assert_eq!(super::route_label("/docs/index.css"), "/docs");
+    }
+}

@@ -1,0 +1,129 @@
+//! The per-operation wrapper of every REST operation: a request body limit
+//! and JSON error bodies for whatever fails before or in the handler.
+
+use poem::http::header::CONTENT_LENGTH;
+use poem::http::StatusCode;
+use poem::{Body, Endpoint, IntoResponse, Request, Response};
+
+use super::error::{error_from_poem, error_response};
+
+/// The largest REST request body accepted (1 MiB).
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+fn too_large() -> Response {
+    error_response(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        &format!("request body is larger than {MAX_BODY_BYTES} bytes"),
+    )
+}
+
+/// Endpoint of [`rest_op`].
+pub struct RestOp<E> {
+    inner: E,
+    max_body: usize,
+}
+
+impl<E: Endpoint> Endpoint for RestOp<E> {
+    type Output = Response;
+
+    async fn call(&self, mut req: Request) -> poem::Result<Response> {
+        let declared = req
+            .headers()
+            .get(CONTENT_LENGTH)
+            .map(|v| v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()));
+        match declared {
+            Some(None) => {
+                return Ok(error_response(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_argument",
+                    "invalid Content-Length header",
+                ))
+            }
+            Some(Some(len)) if len > self.max_body as u64 => return Ok(too_large()),
+            Some(Some(_)) => {}
+            // No Content-Length (chunked): read it here, within the limit.
+            None => match req.take_body().into_bytes_limit(self.max_body).await {
+                Ok(bytes) => req.set_body(Body::from_bytes(bytes)),
+                Err(poem::error::ReadBodyError::PayloadTooLarge) => return Ok(too_large()),
+                Err(e) => {
+                    return Ok(error_response(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_argument",
+                        &format!("cannot read request body: {e}"),
+                    ))
+                }
+            },
+        }
+        match self.inner.call(req).await {
+            Ok(out) => Ok(out.into_response()),
+            Err(err) => Ok(error_from_poem(err)),
+        }
+    }
+}
+
+/// Wraps one REST operation (`#[oai(transform = "rest_op")]`): bodies above
+/// [`MAX_BODY_BYTES`] get `413 payload_too_large`, and every error (bad
+/// JSON, bad parameters, wrong content type, missing token, handler errors)
+/// comes out as a JSON error body.
+pub fn rest_op<E: Endpoint>(ep: E) -> RestOp<E> {
+    RestOp {
+        inner: ep,
+        max_body: MAX_BODY_BYTES,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use poem::endpoint::make;
+    use poem::test::TestClient;
+
+    use super::*;
+    use crate::model::dto::ErrorBody;
+
+    fn echo_len() -> impl Endpoint {
+        rest_op(make(|req: Request| async move {
+            let bytes = req.into_body().into_bytes().await?;
+            Ok::<_, poem::Error>(bytes.len().to_string())
+        }))
+    }
+
+    #[tokio::test]
+    async fn declared_large_bodies_are_413() {
+        let cli = TestClient::new(echo_len());
+        let big = vec![b'x'; MAX_BODY_BYTES + 1];
+        let resp = cli
+            .post("/")
+            .header(CONTENT_LENGTH, big.len())
+            .body(big)
+            .send()
+            .await;
+        resp.assert_status(StatusCode::PAYLOAD_TOO_LARGE);
+        let b: ErrorBody = resp.0.into_body().into_json().await.unwrap();
+        assert_eq!(b.code, "payload_too_large");
+    }
+
+    #[tokio::test]
+    async fn streamed_large_bodies_are_413() {
+        let cli = TestClient::new(echo_len());
+        let big = vec![b'x'; MAX_BODY_BYTES + 1];
+        let stream = futures_util::stream::iter(
+            big.chunks(64 * 1024)
+                .map(|c| Ok::<_, std::io::Error>(bytes::Bytes::copy_from_slice(c)))
+                .collect::<Vec<_>>(),
+        );
+        let resp = cli.post("/").body(Body::from_bytes_stream(stream)).send().await;
+        resp.assert_status(StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    #[tokio::test]
+    async fn small_bodies_pass() {
+        let cli = TestClient::new(echo_len());
+        let resp = cli.post("/").body("hello").send().await;
+        resp.assert_status_is_ok();
+        resp.assert_text("5").await;
+        let stream = futures_util::stream::iter(vec![Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"abc"))]);
+        let resp = cli.post("/").body(Body::from_bytes_stream(stream)).send().await;
+        resp.assert_text("3").await;
+    }
+}

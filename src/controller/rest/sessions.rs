@@ -1,0 +1,63 @@
+//! `GET /sessions`, `GET /sessions/{sessionId}/messages`.
+
+use poem_openapi::param::{Path, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::OpenApi;
+
+use super::{rest_op, ApiResult, BearerAuth, Ctx};
+use crate::model::dto::{HistoryResp, SessionVo};
+
+pub struct SessionApi {
+    pub(super) ctx: Ctx,
+}
+
+fn default_history_limit() -> u32 {
+    50
+}
+
+#[OpenApi(tag = "super::ApiTags::Sessions")]
+impl SessionApi {
+    /// The caller's sessions, most recent first
+    #[oai(
+        path = "/sessions",
+        method = "get",
+        operation_id = "listSessions",
+        transform = "rest_op"
+    )]
+    async fn list(&self, auth: BearerAuth) -> ApiResult<Json<Vec<SessionVo>>> {
+        let (services, user_id) = self.ctx.authed(&auth)?;
+        Ok(Json(services.messages.sessions(user_id).await?))
+    }
+
+    /// History of a session (members only)
+    ///
+    /// The page of messages before `beforeSeq` (the newest if absent),
+    /// ascending by `seq`; `hasMore` tells whether older ones exist.
+    #[oai(
+        path = "/sessions/:sessionId/messages",
+        method = "get",
+        operation_id = "sessionHistory",
+        transform = "rest_op"
+    )]
+    async fn history(
+        &self,
+        auth: BearerAuth,
+        #[oai(name = "sessionId")] session_id: Path<String>,
+        /// Only messages with a smaller `seq`.
+        #[oai(name = "beforeSeq")]
+        before_seq: Query<Option<i64>>,
+        /// Page size, 1-200.
+        #[oai(
+            default = "default_history_limit",
+            validator(minimum(value = "1"), maximum(value = "200"))
+        )]
+        limit: Query<u32>,
+    ) -> ApiResult<Json<HistoryResp>> {
+        let (services, user_id) = self.ctx.authed(&auth)?;
+        let page = services
+            .messages
+            .history(user_id, &session_id, before_seq.0, limit.0 as usize)
+            .await?;
+        Ok(Json(page))
+    }
+}

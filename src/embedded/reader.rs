@@ -1,0 +1,53 @@
+//! A small pool of read-only connections; queries run on the blocking pool
+//! so SQLite never stalls the async workers.
+
+use std::path::PathBuf;
+
+use parking_lot::Mutex;
+use rusqlite::Connection;
+
+use super::schema;
+use crate::error::{BackendError, BackendResult};
+
+/// Idle connections kept; more are opened under load and dropped after.
+const MAX_IDLE: usize = 8;
+
+pub struct ReadPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl ReadPool {
+    pub fn new(path: PathBuf) -> ReadPool {
+        ReadPool {
+            path,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Runs `f` with a read connection on the blocking pool.
+    pub async fn read<R, F>(self: &std::sync::Arc<Self>, f: F) -> BackendResult<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> BackendResult<R> + Send + 'static,
+    {
+        let pool = self.clone();
+        tokio::task::spawn_blocking(move || pool.read_blocking(f))
+            .await
+            .map_err(|e| BackendError::Other(format!("read task failed: {e}")))?
+    }
+
+    /// Runs `f` with a read connection on the current thread.
+    pub fn read_blocking<R>(&self, f: impl FnOnce(&Connection) -> BackendResult<R>) -> BackendResult<R> {
+        let conn = match self.idle.lock().pop() {
+            Some(c) => c,
+            None => schema::open_read(&self.path)?,
+        };
+        let result = f(&conn);
+        let mut idle = self.idle.lock();
+        if idle.len() < MAX_IDLE {
+            idle.push(conn);
+        }
+        result
+    }
+}

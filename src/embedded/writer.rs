@@ -1,0 +1,202 @@
+//! The single writer: a dedicated thread that owns the write connection and
+//! commits every queued job of a burst in one transaction (group commit).
+//! Each job runs inside a savepoint, so one failing job does not undo the
+//! others; every job's result is released only after the commit succeeds.
+
+use rusqlite::Connection;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::{BackendError, BackendResult};
+
+/// Called after the batch's commit with its outcome (Err = the commit failed).
+type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
+/// Runs inside the transaction; says whether it succeeded and what to do
+/// once the commit is known.
+type Job = Box<dyn FnOnce(&Connection) -> (bool, Completion) + Send>;
+
+/// Queued jobs waiting for the writer; the bound is the backpressure.
+const QUEUE_DEPTH: usize = 16 * 1024;
+
+/// A cheap handle to the writer thread.
+#[derive(Clone)]
+pub struct Writer {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Writer {
+    pub fn start(conn: Connection, batch_max: usize) -> BackendResult<Writer> {
+        let (jobs, rx) = mpsc::channel::<Job>(QUEUE_DEPTH);
+        std::thread::Builder::new()
+            .name("herald-writer".into())
+            .spawn(move || run(conn, rx, batch_max.max(1)))
+            .map_err(|e| BackendError::Other(format!("cannot start writer: {e}")))?;
+        Ok(Writer { jobs })
+    }
+
+    /// Queues `f`; the returned receiver yields its result once committed.
+    /// `after_commit` runs on the writer thread right after a successful
+    /// commit (used to wake topic consumers).
+    pub async fn enqueue<R, F, A>(
+        &self,
+        f: F,
+        after_commit: A,
+    ) -> BackendResult<oneshot::Receiver<BackendResult<R>>>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> BackendResult<R> + Send + 'static,
+        A: FnOnce(&R) + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let result = f(conn);
+            let ok = result.is_ok();
+            let completion: Completion = Box::new(move |commit| {
+                let outcome = match (commit, result) {
+                    (Ok(()), Ok(value)) => {
+                        after_commit(&value);
+                        Ok(value)
+                    }
+                    (Ok(()), Err(e)) => Err(e),
+                    (Err(msg), _) => Err(BackendError::Other(msg)),
+                };
+                let _ = tx.send(outcome);
+            });
+            (ok, completion)
+        });
+        self.jobs.send(job).await.map_err(|_| BackendError::Closed)?;
+        Ok(rx)
+    }
+
+    /// Runs `f` in the next group commit and waits for the commit.
+    pub async fn write<R, F>(&self, f: F) -> BackendResult<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> BackendResult<R> + Send + 'static,
+    {
+        let rx = self.enqueue(f, |_| {}).await?;
+        rx.await.map_err(|_| BackendError::Closed)?
+    }
+
+    /// Waits until everything queued before this call is committed.
+    pub async fn flush(&self) -> BackendResult<()> {
+        self.write(|_| Ok(())).await
+    }
+}
+
+fn run(conn: Connection, mut rx: mpsc::Receiver<Job>, batch_max: usize) {
+    let mut batch: Vec<Job> = Vec::with_capacity(batch_max.min(1024));
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < batch_max {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let size = batch.len();
+        let started = std::time::Instant::now();
+        commit_batch(&conn, &mut batch);
+        metrics::histogram!("herald_store_commit_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("herald_store_commit_batch_size").record(size as f64);
+    }
+    tracing::debug!("writer stopped: every handle dropped");
+}
+
+fn commit_batch(conn: &Connection, batch: &mut Vec<Job>) {
+    let mut completions: Vec<Completion> = Vec::with_capacity(batch.len());
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        let msg = format!("cannot begin transaction: {e}");
+        for job in batch.drain(..) {
+            let (_, done) = job(conn);
+            done(Err(msg.clone()));
+        }
+        return;
+    }
+    let single = batch.len() == 1;
+    for job in batch.drain(..) {
+        if single {
+            completions.push(job(conn).1);
+            continue;
+        }
+        // A savepoint per job: a failing job rolls back only itself.
+        let done = match conn.execute_batch("SAVEPOINT job") {
+            Ok(()) => {
+                let (ok, done) = job(conn);
+                let end = if ok { "RELEASE job" } else { "ROLLBACK TO job; RELEASE job" };
+                if let Err(e) = conn.execute_batch(end) {
+                    tracing::error!(error = %e, "savepoint end failed");
+                }
+                done
+            }
+            Err(_) => job(conn).1,
+        };
+        completions.push(done);
+    }
+    let committed = conn.execute_batch("COMMIT").map_err(|e| {
+        let _ = conn.execute_batch("ROLLBACK");
+        tracing::error!(error = %e, "group commit failed");
+        format!("commit failed: {e}")
+    });
+    for done in completions {
+        done(committed.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn writer() -> (tempfile::TempDir, Writer, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let conn = super::super::schema::open_write(&path, false).unwrap();
+        conn.execute_batch("CREATE TABLE t(v INTEGER UNIQUE)").unwrap();
+        (dir, Writer::start(conn, 64).unwrap(), path)
+    }
+
+    #[tokio::test]
+    async fn a_failing_job_does_not_undo_its_batch_neighbours() {
+        let (_dir, w, path) = writer();
+        let mut pending = Vec::new();
+        for v in [1, 2, 1, 3] {
+            let rx = w
+                .enqueue(move |c| Ok(c.execute("INSERT INTO t(v) VALUES(?)", [v])?), |_| {})
+                .await
+                .unwrap();
+            pending.push(rx);
+        }
+        let mut results = Vec::new();
+        for rx in pending {
+            results.push(rx.await.unwrap().is_ok());
+        }
+        assert_eq!(results, vec![true, true, false, true]);
+        let conn = Connection::open(path).unwrap();
+        let n: i64 = conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, 3);
+    }
+
+    #[tokio::test]
+    async fn after_commit_runs_only_on_success() {
+        let (_dir, w, _path) = writer();
+        let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let h = hits.clone();
+        w.enqueue(|_| Ok(1), move |_| { h.fetch_add(1, std::sync::atomic::Ordering::SeqCst); })
+            .await
+            .unwrap()
+            .await
+            .unwrap()
+            .unwrap();
+        let h = hits.clone();
+        let failed = w
+            .enqueue(
+                |_| Err::<(), _>(BackendError::Other("no".into())),
+                move |_| { h.fetch_add(1, std::sync::atomic::Ordering::SeqCst); },
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert!(failed.is_err());
+        assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+}

@@ -1,0 +1,89 @@
+//! One error type for the whole request path, mapped once to the contract's
+//! error codes (REST status + `code`, STOMP `/user/queue/errors` payloads).
+
+use thiserror::Error;
+
+/// Errors a client request can end in. Backend failures are `Unavailable`.
+#[derive(Debug, Error, Clone)]
+pub enum AppError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
+    RateLimited(String),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl AppError {
+    /// The contract's snake_case error code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AppError::InvalidArgument(_) => "invalid_argument",
+            AppError::Unauthenticated(_) => "unauthenticated",
+            AppError::Forbidden(_) => "forbidden",
+            AppError::NotFound(_) => "not_found",
+            AppError::Conflict(_) => "conflict",
+            AppError::PayloadTooLarge(_) => "payload_too_large",
+            AppError::RateLimited(_) => "rate_limited",
+            AppError::Unavailable(_) => "unavailable",
+        }
+    }
+
+    /// The HTTP status the contract assigns to this error.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            AppError::InvalidArgument(_) => 400,
+            AppError::Unauthenticated(_) => 401,
+            AppError::Forbidden(_) => 403,
+            AppError::NotFound(_) => 404,
+            AppError::Conflict(_) => 409,
+            AppError::PayloadTooLarge(_) => 413,
+            AppError::RateLimited(_) => 429,
+            AppError::Unavailable(_) => 503,
+        }
+    }
+
+    pub fn invalid(msg: impl Into<String>) -> Self {
+        AppError::InvalidArgument(msg.into())
+    }
+    pub fn forbidden(msg: impl Into<String>) -> Self {
+        AppError::Forbidden(msg.into())
+    }
+    pub fn not_found(msg: impl Into<String>) -> Self {
+        AppError::NotFound(msg.into())
+    }
+}
+
+/// Failures of a storage or topic backend.
+#[derive(Debug, Error)]
+pub enum BackendError {
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("serialization error: {0}")]
+    Serde(#[from] serde_json::Error),
+    #[error("backend is shutting down")]
+    Closed,
+    #[error("{0}")]
+    Other(String),
+}
+
+impl From<BackendError> for AppError {
+    fn from(e: BackendError) -> Self {
+        // Backend details are logged, not shown to clients.
+        tracing::error!(error = %e, "backend failure");
+        AppError::Unavailable("backend unavailable, try again".into())
+    }
+}
+
+pub type AppResult<T> = Result<T, AppError>;
+pub type BackendResult<T> = Result<T, BackendError>;

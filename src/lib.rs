@@ -1,0 +1,16 @@
+//! Herald: an instant-messaging server speaking STOMP 1.2 over WebSocket and
+//! an OpenAPI REST API, built on the inbox model.
+//!
+//! Layers talk downward only: `controller` -> `service` -> backend traits
+//! (implemented by `embedded`); `consumer` drives services from topics.
+
+pub mod app;
+pub mod config;
+pub mod consumer;
+pub mod controller;
+pub mod embedded;
+pub mod error;
+pub mod model;
+pub mod service;
+pub mod stomp;
+pub mod telemetry;

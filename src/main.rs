@@ -1,0 +1,77 @@
+//! The `herald` command.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use herald::config::{Config, FlagOverrides};
+
+#[derive(Parser)]
+#[command(name = "herald", version, about = "Herald: a fast, durable instant-messaging server (STOMP 1.2 over WebSocket + REST)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (embedded backends under --data-dir by default).
+    Serve {
+        /// Address to listen on [default: 127.0.0.1:8080; env HERALD_LISTEN].
+        #[arg(long)]
+        listen: Option<String>,
+        /// Directory of the embedded store [default: ./herald-data; env HERALD_DATA_DIR].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// TOML configuration file [default: ./herald.toml if present].
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Print the OpenAPI document of the REST API.
+    Openapi,
+    /// Print every setting with its environment variable and default.
+    Settings,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Openapi => {
+            print!("{}", herald::controller::rest::openapi_spec_yaml());
+            ExitCode::SUCCESS
+        }
+        Command::Settings => {
+            for (name, env, default, doc) in Config::describe() {
+                println!("{name}\t{env}\t{default}\t{doc}");
+            }
+            ExitCode::SUCCESS
+        }
+        Command::Serve { listen, data_dir, config } => serve(listen, data_dir, config),
+    }
+}
+
+fn serve(listen: Option<String>, data_dir: Option<PathBuf>, config: Option<PathBuf>) -> ExitCode {
+    herald::telemetry::init_logging();
+    let flags = FlagOverrides { listen, data_dir };
+    let cfg = match Config::load(config.as_deref(), &flags) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("herald: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("herald: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(herald::app::serve(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("herald: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

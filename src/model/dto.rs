@@ -1,0 +1,322 @@
+//! Wire DTOs shared by REST and STOMP. Ids are decimal strings (JavaScript
+//! clients lose precision above 2^53); field names are camelCase.
+
+use poem_openapi::Object;
+use serde::{Deserialize, Serialize};
+use validator::{Validate, ValidationError};
+
+use super::message::{InboxMessage, MessageDoc};
+
+fn username_chars(name: &str) -> Result<(), ValidationError> {
+    let ok = name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ValidationError::new("username_chars")
+            .with_message("username may only contain letters, digits, '_', '.' and '-'".into()))
+    }
+}
+
+#[derive(Debug, Clone, Object, Deserialize, Validate)]
+#[oai(rename_all = "camelCase")]
+pub struct RegisterReq {
+    /// 3-32 characters of `[A-Za-z0-9_.-]`.
+    #[validate(
+        length(min = 3, max = 32, message = "username must be 3-32 characters"),
+        custom(function = "username_chars")
+    )]
+    pub username: String,
+    /// 8-128 characters.
+    #[validate(length(min = 8, max = 128, message = "password must be 8-128 characters"))]
+    pub password: String,
+    /// 1-64 characters.
+    #[validate(length(min = 1, max = 64, message = "nickname must be 1-64 characters"))]
+    pub nickname: String,
+}
+
+#[derive(Debug, Clone, Object, Deserialize, Validate)]
+#[oai(rename_all = "camelCase")]
+pub struct LoginReq {
+    #[validate(length(min = 1, max = 64, message = "username is required"))]
+    pub username: String,
+    #[validate(length(min = 1, max = 256, message = "password is required"))]
+    pub password: String,
+}
+
+#[derive(Debug, Clone, Object, Serialize)]
+#[oai(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
+pub struct LoginResp {
+    /// HS256 JWT for `Authorization: Bearer` (REST) or CONNECT.
+    pub token: String,
+    pub user_id: String,
+    /// Expiry, ms since the epoch.
+    pub expires_at: i64,
+}
+
+#[derive(Debug, Clone, Object, Serialize, PartialEq, Eq)]
+#[oai(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
+pub struct UserVo {
+    pub user_id: String,
+    pub username: String,
+    pub nickname: String,
+}
+
+#[derive(Debug, Clone, Object, Serialize)]
+#[oai(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
+pub struct PresenceVo {
+    pub user_id: String,
+    /// True while any device of the user is connected.
+    pub online: bool,
+    /// When the last device disconnected (ms); null if never seen.
+    pub last_seen_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, Object, Deserialize, Validate)]
+#[oai(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
+pub struct CreateGroupReq {
+    #[validate(length(min = 1, max = 64, message = "name must be 1-64 characters"))]
+    pub name: String,
+    /// Initial members besides the creator.
+    #[validate(length(max = 1000, message = "at most 1000 members at creation"))]
+    #[oai(default)]
+    #[serde(default)]
+    pub member_ids: Vec<String>,
+}
+
+#[derive(Debug, Clone, Object, Deserialize, Validate)]
+#[oai(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
+pub struct AddMembersReq {
+    #[validate(length(min = 1, max = 1000, message = "userIds must hold 1-1000 ids"))]
+    pub user_ids: Vec<String>,
+}
+
+#[derive(Debug, Clone, Object, Serialize)]
+#[oai(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
+pub struct GroupVo {
+    pub group_id: String,
+    pub session_id: String,
+    pub name: String,
+    pub owner_id: String,
+    pub member_ids: Vec<String>,
+}
+
+/// A message to send: exactly one of `toUserId` and `groupId`.
+#[derive(Debug, Clone, Object, Deserialize, Validate)]
+#[oai(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
+pub struct SendReq {
+    pub to_user_id: Option<String>,
+    pub group_id: Option<String>,
+    /// 1 text, 2 image, 3 voice, 4 file, 5 custom JSON.
+    #[validate(range(min = 1, max = 5, message = "messageType must be 1-5"))]
+    pub message_type: i32,
+    /// 1 byte to `maxContentBytes`.
+    pub content: String,
+    /// The sender's idempotency key, 1-64 characters.
+    #[validate(length(min = 1, max = 64, message = "clientMessageId must be 1-64 characters"))]
+    pub client_message_id: String,
+    /// The sender's clock (ms); server time if absent.
+    pub client_timestamp: Option<i64>,
+}
+
+#[derive(Debug, Clone, Object, Serialize, Deserialize, PartialEq, Eq)]
+#[oai(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
+pub struct SendAck {
+    pub client_message_id: String,
+    pub message_id: String,
+    pub session_id: String,
+    pub server_timestamp: i64,
+    /// Always `accepted`: sent only once the message is durable.
+    pub status: String,
+}
+
+/// A message as one user sees it.
+#[derive(Debug, Clone, Object, Serialize)]
+#[oai(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
+pub struct MessageVo {
+    /// `message`, or `recall` for a recall event.
+    #[oai(rename = "type")]
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub message_id: String,
+    pub session_id: String,
+    /// `single` or `group`.
+    pub session_type: String,
+    pub seq: i64,
+    pub inbox_seq: i64,
+    pub sender_id: String,
+    pub to_user_id: Option<String>,
+    pub group_id: Option<String>,
+    pub message_type: i32,
+    pub content: String,
+    pub client_message_id: String,
+    pub client_timestamp: i64,
+    pub server_timestamp: i64,
+    pub adjusted_timestamp: i64,
+    pub is_recalled: bool,
+    /// The receiving user's inbox status: `pending`, `delivered` or `read`.
+    pub status: String,
+}
+
+impl MessageVo {
+    pub fn new(doc: &MessageDoc, inbox_seq: i64, status: &str) -> MessageVo {
+        MessageVo {
+            kind: "message".into(),
+            message_id: doc.message_id.to_string(),
+            session_id: doc.session_id.to_string(),
+            session_type: doc.session_type.as_str().into(),
+            seq: doc.seq,
+            inbox_seq,
+            sender_id: doc.sender_id.to_string(),
+            to_user_id: doc.to_user_id.map(|id| id.to_string()),
+            group_id: doc.group_id.map(|id| id.to_string()),
+            message_type: doc.message_type,
+            content: doc.content.clone(),
+            client_message_id: doc.client_message_id.clone(),
+            client_timestamp: doc.client_ts,
+            server_timestamp: doc.server_ts,
+            adjusted_timestamp: doc.adjusted_ts,
+            is_recalled: doc.recalled,
+            status: status.into(),
+        }
+    }
+}
+
+impl From<&InboxMessage> for MessageVo {
+    fn from(m: &InboxMessage) -> Self {
+        MessageVo::new(&m.doc, m.inbox_seq, m.status.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Object, Serialize)]
+#[oai(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
+pub struct PullResp {
+    pub messages: Vec<MessageVo>,
+    pub has_more: bool,
+}
+
+#[derive(Debug, Clone, Object, Serialize)]
+#[oai(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
+pub struct UnreadResp {
+    pub messages: Vec<MessageVo>,
+    /// Every unread message of the caller, across sessions.
+    pub total: i64,
+}
+
+#[derive(Debug, Clone, Object, Serialize)]
+#[oai(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
+pub struct SyncResp {
+    pub messages: Vec<MessageVo>,
+    pub has_more: bool,
+    /// The cursor to pass as `afterInboxSeq` next time.
+    pub last_inbox_seq: i64,
+}
+
+/// REST ack body; also the first form of the STOMP `/app/ack` body.
+#[derive(Debug, Clone, Object, Deserialize, Validate)]
+#[oai(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
+pub struct AckReq {
+    #[validate(length(min = 1, max = 500, message = "messageIds must hold 1-500 ids"))]
+    pub message_ids: Vec<String>,
+    /// `received` or `read`.
+    pub ack_type: String,
+}
+
+/// STOMP `/app/ack` body: `{messageIds, ackType}` or `{sessionId, upToSeq, ackType: "read"}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StompAckReq {
+    pub message_ids: Option<Vec<String>>,
+    pub session_id: Option<String>,
+    pub up_to_seq: Option<i64>,
+    pub ack_type: String,
+}
+
+#[derive(Debug, Clone, Object, Deserialize, Validate)]
+#[oai(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
+pub struct MarkReadReq {
+    pub session_id: String,
+    /// Mark up to this `seq`; all if absent.
+    pub up_to_seq: Option<i64>,
+}
+
+#[derive(Debug, Clone, Object, Serialize)]
+#[oai(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
+pub struct UpdatedResp {
+    /// Inbox entries whose status changed.
+    pub updated: u64,
+}
+
+#[derive(Debug, Clone, Object, Serialize)]
+#[oai(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
+pub struct SessionVo {
+    pub session_id: String,
+    pub session_type: String,
+    /// The other user of a single session.
+    pub peer_id: Option<String>,
+    pub group_id: Option<String>,
+    /// The group's name, or the peer's nickname.
+    pub name: Option<String>,
+    pub last_message: Option<MessageVo>,
+    pub unread_count: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, Object, Serialize)]
+#[oai(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryResp {
+    pub messages: Vec<MessageVo>,
+    pub has_more: bool,
+}
+
+/// The body of every REST error.
+#[derive(Debug, Clone, Object, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// snake_case code: invalid_argument, unauthenticated, forbidden, not_found,
+    /// conflict, payload_too_large, rate_limited, unavailable.
+    pub code: String,
+    pub message: String,
+}
+
+/// What `/user/queue/errors` receives for a rejected SEND.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SendErrorVo {
+    pub code: String,
+    pub message: String,
+    pub client_message_id: Option<String>,
+}
+
+/// Turns `validator` errors into one readable sentence.
+pub fn validation_message(errors: &validator::ValidationErrors) -> String {
+    let mut parts: Vec<String> = errors
+        .field_errors()
+        .into_iter()
+        .flat_map(|(field, errs)| {
+            errs.iter().map(move |e| match &e.message {
+                Some(m) => m.to_string(),
+                None => format!("{field} is invalid"),
+            })
+        })
+        .collect();
+    parts.sort();
+    parts.join("; ")
+}

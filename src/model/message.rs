@@ -1,0 +1,233 @@
+//! Stored documents and topic records of the inbox model.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+/// A conversation: two users, or one group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionType {
+    Single,
+    Group,
+}
+
+impl SessionType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionType::Single => "single",
+            SessionType::Group => "group",
+        }
+    }
+    pub fn from_code(code: i64) -> SessionType {
+        if code == 2 {
+            SessionType::Group
+        } else {
+            SessionType::Single
+        }
+    }
+    pub fn code(self) -> i64 {
+        match self {
+            SessionType::Single => 1,
+            SessionType::Group => 2,
+        }
+    }
+}
+
+/// Inbox entry status; the order is the only allowed direction of change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InboxStatus {
+    Pending = 0,
+    Delivered = 1,
+    Read = 2,
+}
+
+impl InboxStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InboxStatus::Pending => "pending",
+            InboxStatus::Delivered => "delivered",
+            InboxStatus::Read => "read",
+        }
+    }
+    pub fn from_code(code: i64) -> InboxStatus {
+        match code {
+            2 => InboxStatus::Read,
+            1 => InboxStatus::Delivered,
+            _ => InboxStatus::Pending,
+        }
+    }
+    pub fn code(self) -> i64 {
+        self as i64
+    }
+}
+
+/// What the send controller publishes to the session topic: an accepted,
+/// validated message that does not have its `seq` yet.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SendRecord {
+    /// The connection that sent it: the sender's other devices get the
+    /// push, this one gets the `SendAck`.
+    #[serde(default)]
+    pub origin_conn: Option<u64>,
+    pub message_id: u64,
+    pub session_id: u64,
+    pub session_type: SessionType,
+    pub sender_id: u64,
+    pub to_user_id: Option<u64>,
+    pub group_id: Option<u64>,
+    pub message_type: i32,
+    pub content: String,
+    pub client_message_id: String,
+    pub client_ts: i64,
+    pub server_ts: i64,
+    pub adjusted_ts: i64,
+}
+
+/// A stored message (`MessageDoc`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MessageDoc {
+    pub message_id: u64,
+    pub session_id: u64,
+    pub session_type: SessionType,
+    pub seq: i64,
+    pub sender_id: u64,
+    pub to_user_id: Option<u64>,
+    pub group_id: Option<u64>,
+    pub message_type: i32,
+    pub content: String,
+    pub client_message_id: String,
+    pub client_ts: i64,
+    pub server_ts: i64,
+    pub adjusted_ts: i64,
+    pub recalled: bool,
+}
+
+impl MessageDoc {
+    pub fn from_record(r: SendRecord, seq: i64) -> MessageDoc {
+        MessageDoc {
+            message_id: r.message_id,
+            session_id: r.session_id,
+            session_type: r.session_type,
+            seq,
+            sender_id: r.sender_id,
+            to_user_id: r.to_user_id,
+            group_id: r.group_id,
+            message_type: r.message_type,
+            content: r.content,
+            client_message_id: r.client_message_id,
+            client_ts: r.client_ts,
+            server_ts: r.server_ts,
+            adjusted_ts: r.adjusted_ts,
+            recalled: false,
+        }
+    }
+}
+
+/// One recipient's view of a message: its `UserInbox` entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InboxRef {
+    pub user_id: u64,
+    pub inbox_seq: i64,
+    pub status: InboxStatus,
+}
+
+/// A message as one user sees it (document + that user's inbox entry).
+#[derive(Debug, Clone)]
+pub struct InboxMessage {
+    pub doc: Arc<MessageDoc>,
+    pub inbox_seq: i64,
+    pub status: InboxStatus,
+}
+
+/// A message just written by the session consumer, with every recipient's
+/// inbox entry: the payload of the message-sent event.
+#[derive(Debug, Clone)]
+pub struct StoredMessage {
+    pub doc: Arc<MessageDoc>,
+    pub recipients: Vec<InboxRef>,
+    /// When the send was accepted (ms), for the send-to-store histogram.
+    pub accepted_at_ms: i64,
+}
+
+/// What the sender is told once a send is durably accepted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AcceptedSend {
+    pub client_message_id: String,
+    pub message_id: u64,
+    pub session_id: u64,
+    pub server_ts: i64,
+}
+
+/// An inbox status change requested by a user (STOMP ACK, `/app/ack`, REST).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub enum AckCommand {
+    /// Mark these messages (by id) at least `status`.
+    Messages { message_ids: Vec<u64>, status: InboxStatus },
+    /// Mark the session's messages up to `up_to_seq` (all if `None`) read.
+    SessionRead { session_id: u64, up_to_seq: Option<i64> },
+}
+
+/// What travels on the ack topic.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AckRecord {
+    pub user_id: u64,
+    pub command: AckCommand,
+    /// Set when the publisher waits for the outcome (REST answers `updated`).
+    #[serde(default)]
+    pub reply_token: Option<u64>,
+}
+
+/// The outcome of applying one `AckRecord`.
+#[derive(Debug, Clone, Default)]
+pub struct AckOutcome {
+    /// Inbox entries whose status changed.
+    pub updated: u64,
+    /// Message ids that left `pending` (no more redelivery for them).
+    pub no_longer_pending: Vec<u64>,
+}
+
+/// A user account.
+#[derive(Debug, Clone)]
+pub struct User {
+    pub user_id: u64,
+    pub username: String,
+    pub nickname: String,
+    pub password_hash: String,
+    pub created_at: i64,
+}
+
+/// A group and its members.
+#[derive(Debug, Clone)]
+pub struct Group {
+    pub group_id: u64,
+    pub session_id: u64,
+    pub name: String,
+    pub owner_id: u64,
+    pub member_ids: Vec<u64>,
+    pub created_at: i64,
+}
+
+/// One row of a user's session list.
+#[derive(Debug, Clone)]
+pub struct SessionSummary {
+    pub session_id: u64,
+    pub session_type: SessionType,
+    pub peer_id: Option<u64>,
+    pub group_id: Option<u64>,
+    pub name: Option<String>,
+    pub last_message: Option<InboxMessage>,
+    pub unread_count: i64,
+    pub updated_at: i64,
+}
+
+/// Who may see and write a session.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    pub session_id: u64,
+    pub session_type: SessionType,
+    /// Both users of a single session; the members of a group session.
+    pub members: Vec<u64>,
+    pub group_id: Option<u64>,
+}

@@ -1,0 +1,9 @@
+//! Documents (what is stored), records (what travels on topics) and DTOs
+//! (what clients send and receive).
+
+pub mod dto;
+pub mod ids;
+pub mod message;
+
+pub use ids::{parse_id, IdGenerator};
+pub use message::*;

@@ -1,0 +1,149 @@
+//! Inbox status changes. Every ack (STOMP ACK, `/app/ack`, REST, auto-ack
+//! on write, REST pull) is published to the ack topic; the ack-cycle
+//! consumer applies it and stops redelivery.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, oneshot};
+
+use super::backend::DurableTopic;
+use crate::error::{AppError, AppResult};
+use crate::model::{parse_id, AckCommand, AckOutcome, AckRecord, InboxStatus};
+
+/// How long a caller waits for its ack to be applied.
+const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Acks gathered into one record batch before publishing.
+const BATCH_MAX: usize = 1024;
+const BATCH_WINDOW: Duration = Duration::from_millis(2);
+
+pub struct AckService {
+    topic: Arc<dyn DurableTopic>,
+    waiters: Mutex<HashMap<u64, oneshot::Sender<AckOutcome>>>,
+    next_token: AtomicU64,
+    soon: mpsc::Sender<(u64, u64, InboxStatus)>,
+}
+
+/// Parses an `ackType` (`received` or `read`).
+pub fn parse_ack_type(s: &str) -> AppResult<InboxStatus> {
+    match s {
+        "received" | "delivered" => Ok(InboxStatus::Delivered),
+        "read" => Ok(InboxStatus::Read),
+        _ => Err(AppError::invalid("ackType must be `received` or `read`")),
+    }
+}
+
+/// Parses 1-500 message ids.
+pub fn parse_message_ids(raw: &[String]) -> AppResult<Vec<u64>> {
+    if raw.is_empty() || raw.len() > 500 {
+        return Err(AppError::invalid("messageIds must hold 1-500 ids"));
+    }
+    raw.iter().map(|r| parse_id("messageIds", r)).collect()
+}
+
+impl AckService {
+    /// Starts the service and its batching task.
+    pub fn start(topic: Arc<dyn DurableTopic>) -> Arc<AckService> {
+        let (soon, rx) = mpsc::channel(64 * 1024);
+        let svc = Arc::new(AckService {
+            topic,
+            waiters: Mutex::new(HashMap::new()),
+            next_token: AtomicU64::new(1),
+            soon,
+        });
+        tokio::spawn(batch_loop(Arc::downgrade(&svc), rx));
+        svc
+    }
+
+    /// Applies `command` for `user_id` and waits for the outcome.
+    pub async fn apply(&self, user_id: u64, command: AckCommand) -> AppResult<AckOutcome> {
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.waiters.lock().insert(token, tx);
+        let record = AckRecord { user_id, command, reply_token: Some(token) };
+        let published = self.publish(&record).await;
+        if let Err(e) = published {
+            self.waiters.lock().remove(&token);
+            return Err(e);
+        }
+        match tokio::time::timeout(APPLY_TIMEOUT, rx).await {
+            Ok(Ok(outcome)) => Ok(outcome),
+            _ => {
+                self.waiters.lock().remove(&token);
+                Err(AppError::Unavailable("ack was not applied in time".into()))
+            }
+        }
+    }
+
+    /// Publishes `command` durably without waiting for it to be applied.
+    pub async fn submit(&self, user_id: u64, command: AckCommand) -> AppResult<()> {
+        self.publish(&AckRecord { user_id, command, reply_token: None }).await
+    }
+
+    /// Queues a single-message ack to be published with others shortly
+    /// (auto-ack on write, STOMP ACK frames): the hot path, never waits.
+    pub fn ack_soon(&self, user_id: u64, message_id: u64, status: InboxStatus) {
+        if self.soon.try_send((user_id, message_id, status)).is_err() {
+            // The entry stays pending: redelivery or sync recovers it.
+            metrics::counter!("herald_acks_dropped_total").increment(1);
+        }
+    }
+
+    /// Hands the outcome of a record to its waiting caller, if any.
+    pub fn complete(&self, token: u64, outcome: AckOutcome) {
+        if let Some(tx) = self.waiters.lock().remove(&token) {
+            let _ = tx.send(outcome);
+        }
+    }
+
+    async fn publish(&self, record: &AckRecord) -> AppResult<()> {
+        let payload = serde_json::to_vec(record).map_err(|e| AppError::Unavailable(e.to_string()))?;
+        let durable = self.topic.publish(payload).await?;
+        durable.await?;
+        Ok(())
+    }
+}
+
+async fn batch_loop(svc: std::sync::Weak<AckService>, mut rx: mpsc::Receiver<(u64, u64, InboxStatus)>) {
+    let mut buf = Vec::with_capacity(BATCH_MAX);
+    while let Some(first) = rx.recv().await {
+        buf.push(first);
+        let deadline = tokio::time::Instant::now() + BATCH_WINDOW;
+        while buf.len() < BATCH_MAX {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(item)) => buf.push(item),
+                _ => break,
+            }
+        }
+        let Some(svc) = svc.upgrade() else { return };
+        let mut grouped: HashMap<(u64, InboxStatus), Vec<u64>> = HashMap::new();
+        for (user, mid, status) in buf.drain(..) {
+            grouped.entry((user, status)).or_default().push(mid);
+        }
+        // Queue every record first, then wait for their (shared) commit.
+        let mut durables = Vec::with_capacity(grouped.len());
+        for ((user_id, status), message_ids) in grouped {
+            let record = AckRecord {
+                user_id,
+                command: AckCommand::Messages { message_ids, status },
+                reply_token: None,
+            };
+            let queued = match serde_json::to_vec(&record) {
+                Ok(payload) => svc.topic.publish(payload).await,
+                Err(e) => Err(e.into()),
+            };
+            match queued {
+                Ok(d) => durables.push(d),
+                Err(e) => tracing::warn!(error = %e, "could not publish acks"),
+            }
+        }
+        for result in futures_util::future::join_all(durables).await {
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "acks were not committed");
+            }
+        }
+    }
+}

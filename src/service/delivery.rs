@@ -1,0 +1,269 @@
+//! The node's online devices: who is connected, presence, and the fan-out
+//! of pushes and `/topic/...` broadcasts to connection queues.
+//!
+//! Each connection has one bounded queue. A push never waits: a device whose
+//! queue is full is a slow consumer and is disconnected (its messages stay
+//! in the inbox for sync), so one slow phone cannot stall everyone else.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use parking_lot::RwLock;
+use tokio::sync::{mpsc, Notify};
+
+use crate::error::{AppError, AppResult};
+use crate::model::dto::PresenceVo;
+use crate::model::ids::now_ms;
+
+/// A message or recall event, serialized once for one user.
+#[derive(Debug)]
+pub struct UserEvent {
+    pub message_id: u64,
+    /// The `MessageVo` JSON.
+    pub body: Bytes,
+    /// The user's entry is `pending`: a client-ack push must be tracked for
+    /// redelivery.
+    pub pending: bool,
+    /// When the message was stored (for the store-to-push histogram).
+    pub stored_at: Instant,
+    pub redelivery: bool,
+}
+
+/// A `/topic/...` broadcast.
+#[derive(Debug)]
+pub struct Broadcast {
+    pub destination: Arc<str>,
+    /// Custom headers of the SEND, passed on unchanged.
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+/// What a connection's queue carries.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    Event(Arc<UserEvent>),
+    Broadcast(Arc<Broadcast>),
+}
+
+/// A registered connection's handle, held by the hub.
+#[derive(Clone)]
+struct Device {
+    conn_id: u64,
+    tx: mpsc::Sender<Outbound>,
+    kill: Arc<Notify>,
+}
+
+/// What a connection gets when it registers.
+pub struct Registration {
+    pub conn_id: u64,
+    pub rx: mpsc::Receiver<Outbound>,
+    /// Notified when the hub wants the connection closed (slow consumer).
+    pub kill: Arc<Notify>,
+}
+
+pub struct DeliveryHub {
+    devices: RwLock<HashMap<u64, Vec<Device>>>,
+    last_seen: RwLock<HashMap<u64, i64>>,
+    topics: RwLock<HashMap<Arc<str>, Vec<Device>>>,
+    next_conn: AtomicU64,
+    connections: AtomicU64,
+    max_per_user: usize,
+    queue: usize,
+}
+
+impl DeliveryHub {
+    pub fn new(max_per_user: usize, queue: usize) -> DeliveryHub {
+        DeliveryHub {
+            devices: RwLock::new(HashMap::new()),
+            last_seen: RwLock::new(HashMap::new()),
+            topics: RwLock::new(HashMap::new()),
+            next_conn: AtomicU64::new(1),
+            connections: AtomicU64::new(0),
+            max_per_user,
+            queue,
+        }
+    }
+
+    /// Registers a device of `user_id` (at most `max_connections_per_user`).
+    pub fn register(&self, user_id: u64) -> AppResult<Registration> {
+        let conn_id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(self.queue);
+        let kill = Arc::new(Notify::new());
+        let mut devices = self.devices.write();
+        let list = devices.entry(user_id).or_default();
+        if list.len() >= self.max_per_user {
+            return Err(AppError::RateLimited(format!(
+                "at most {} connections per user",
+                self.max_per_user
+            )));
+        }
+        list.push(Device { conn_id, tx, kill: kill.clone() });
+        let online = devices.len();
+        drop(devices);
+        let n = self.connections.fetch_add(1, Ordering::Relaxed) + 1;
+        metrics::gauge!("herald_ws_connections").set(n as f64);
+        metrics::gauge!("herald_online_users").set(online as f64);
+        Ok(Registration { conn_id, rx, kill })
+    }
+
+    /// Forgets a device; its topic subscriptions must be dropped first.
+    pub fn unregister(&self, user_id: u64, conn_id: u64) {
+        let mut devices = self.devices.write();
+        let mut removed = false;
+        if let Some(list) = devices.get_mut(&user_id) {
+            let before = list.len();
+            list.retain(|d| d.conn_id != conn_id);
+            removed = list.len() < before;
+            if list.is_empty() {
+                devices.remove(&user_id);
+                self.last_seen.write().insert(user_id, now_ms());
+            }
+        }
+        let online = devices.len();
+        drop(devices);
+        if removed {
+            let n = self.connections.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
+            metrics::gauge!("herald_ws_connections").set(n as f64);
+        }
+        metrics::gauge!("herald_online_users").set(online as f64);
+    }
+
+    pub fn is_online(&self, user_id: u64) -> bool {
+        self.devices.read().contains_key(&user_id)
+    }
+
+    pub fn presence(&self, user_ids: &[u64]) -> Vec<PresenceVo> {
+        let devices = self.devices.read();
+        let seen = self.last_seen.read();
+        user_ids
+            .iter()
+            .map(|id| PresenceVo {
+                user_id: id.to_string(),
+                online: devices.contains_key(id),
+                last_seen_at: seen.get(id).copied(),
+            })
+            .collect()
+    }
+
+    /// Queues `event` to every device of `user_id` but `except`; returns how
+    /// many devices it was queued to.
+    pub fn push_to_user(&self, user_id: u64, event: &Arc<UserEvent>, except: Option<u64>) -> usize {
+        let targets: Vec<Device> = match self.devices.read().get(&user_id) {
+            Some(list) => list.iter().filter(|d| Some(d.conn_id) != except).cloned().collect(),
+            None => return 0,
+        };
+        targets
+            .iter()
+            .filter(|d| offer(d, Outbound::Event(event.clone())))
+            .count()
+    }
+
+    /// Queues `event` to one device of the user.
+    pub fn push_to_conn(&self, user_id: u64, conn_id: u64, event: &Arc<UserEvent>) -> bool {
+        let target = self
+            .devices
+            .read()
+            .get(&user_id)
+            .and_then(|list| list.iter().find(|d| d.conn_id == conn_id).cloned());
+        target.is_some_and(|d| offer(&d, Outbound::Event(event.clone())))
+    }
+
+    /// Adds a connection to a topic's subscribers (once per connection; the
+    /// connection maps it to its own subscription ids).
+    pub fn subscribe_topic(&self, destination: &str, user_id: u64, conn_id: u64) {
+        let device = self
+            .devices
+            .read()
+            .get(&user_id)
+            .and_then(|list| list.iter().find(|d| d.conn_id == conn_id).cloned());
+        let Some(device) = device else { return };
+        let mut topics = self.topics.write();
+        let subs = topics.entry(Arc::from(destination)).or_default();
+        if !subs.iter().any(|d| d.conn_id == conn_id) {
+            subs.push(device);
+        }
+    }
+
+    pub fn unsubscribe_topic(&self, destination: &str, conn_id: u64) {
+        let mut topics = self.topics.write();
+        if let Some(subs) = topics.get_mut(destination) {
+            subs.retain(|d| d.conn_id != conn_id);
+            if subs.is_empty() {
+                topics.remove(destination);
+            }
+        }
+    }
+
+    /// Sends a broadcast to every current subscriber of its destination.
+    pub fn publish_topic(&self, msg: Broadcast) -> usize {
+        let msg = Arc::new(msg);
+        let subs: Vec<Device> = match self.topics.read().get(&msg.destination) {
+            Some(s) => s.clone(),
+            None => return 0,
+        };
+        subs.iter()
+            .filter(|d| offer(d, Outbound::Broadcast(msg.clone())))
+            .count()
+    }
+}
+
+/// Queues without waiting; a full queue marks a slow consumer for closing.
+fn offer(device: &Device, item: Outbound) -> bool {
+    match device.tx.try_send(item) {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            metrics::counter!("herald_slow_consumers_total").increment(1);
+            device.kill.notify_one();
+            false
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(id: u64) -> Arc<UserEvent> {
+        Arc::new(UserEvent {
+            message_id: id,
+            body: Bytes::from_static(b"{}"),
+            pending: true,
+            stored_at: Instant::now(),
+            redelivery: false,
+        })
+    }
+
+    #[test]
+    fn presence_and_limits() {
+        let hub = DeliveryHub::new(2, 4);
+        let a = hub.register(7).unwrap();
+        let b = hub.register(7).unwrap();
+        assert!(hub.register(7).is_err(), "third device over the limit");
+        assert!(hub.presence(&[7])[0].online);
+        hub.unregister(7, a.conn_id);
+        assert!(hub.is_online(7));
+        hub.unregister(7, b.conn_id);
+        let p = &hub.presence(&[7, 8]);
+        assert!(!p[0].online && p[0].last_seen_at.is_some());
+        assert!(!p[1].online && p[1].last_seen_at.is_none());
+    }
+
+    #[tokio::test]
+    async fn pushes_skip_the_origin_and_full_queues_kill() {
+        let hub = DeliveryHub::new(4, 1);
+        let mut a = hub.register(1).unwrap();
+        let mut b = hub.register(1).unwrap();
+        assert_eq!(hub.push_to_user(1, &event(1), Some(a.conn_id)), 1);
+        assert!(a.rx.try_recv().is_err());
+        assert!(b.rx.try_recv().is_ok());
+        assert_eq!(hub.push_to_user(1, &event(2), None), 2);
+        // b's queue (capacity 1) is full now: the next push kills it.
+        let killed = b.kill.notified();
+        assert_eq!(hub.push_to_user(1, &event(3), Some(a.conn_id)), 0);
+        tokio::time::timeout(std::time::Duration::from_secs(1), killed).await.unwrap();
+    }
+}

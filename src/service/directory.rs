@@ -1,0 +1,264 @@
+//! Users, groups and sessions: who exists and who may see what. Hot-path
+//! lookups (does this user exist, who is in this session) are cached; users
+//! are never deleted and single sessions never change, and group changes
+//! made through this service invalidate the cache.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use validator::Validate;
+
+use super::auth::AuthService;
+use super::backend::Store;
+use crate::error::{AppError, AppResult};
+use crate::model::dto::{validation_message, GroupVo, LoginReq, LoginResp, RegisterReq, UserVo};
+use crate::model::ids::now_ms;
+use crate::model::{parse_id, Group, IdGenerator, SessionInfo, SessionType, User};
+
+pub struct Directory {
+    store: Arc<dyn Store>,
+    auth: Arc<AuthService>,
+    ids: Arc<IdGenerator>,
+    known_users: RwLock<HashSet<u64>>,
+    single_sessions: RwLock<HashMap<(u64, u64), u64>>,
+    sessions: RwLock<HashMap<u64, Arc<SessionInfo>>>,
+    /// group id -> its session id
+    group_sessions: RwLock<HashMap<u64, u64>>,
+}
+
+pub fn user_vo(u: &User) -> UserVo {
+    UserVo {
+        user_id: u.user_id.to_string(),
+        username: u.username.clone(),
+        nickname: u.nickname.clone(),
+    }
+}
+
+pub fn group_vo(g: &Group) -> GroupVo {
+    GroupVo {
+        group_id: g.group_id.to_string(),
+        session_id: g.session_id.to_string(),
+        name: g.name.clone(),
+        owner_id: g.owner_id.to_string(),
+        member_ids: g.member_ids.iter().map(|m| m.to_string()).collect(),
+    }
+}
+
+fn validate(req: &impl Validate) -> AppResult<()> {
+    req.validate()
+        .map_err(|e| AppError::InvalidArgument(validation_message(&e)))
+}
+
+impl Directory {
+    pub fn new(store: Arc<dyn Store>, auth: Arc<AuthService>, ids: Arc<IdGenerator>) -> Directory {
+        Directory {
+            store,
+            auth,
+            ids,
+            known_users: RwLock::new(HashSet::new()),
+            single_sessions: RwLock::new(HashMap::new()),
+            sessions: RwLock::new(HashMap::new()),
+            group_sessions: RwLock::new(HashMap::new()),
+        }
+    }
+
+    pub async fn register(&self, req: RegisterReq) -> AppResult<UserVo> {
+        validate(&req)?;
+        let hash = self.auth.hash_password(req.password).await?;
+        let user = User {
+            user_id: self.ids.next_id(),
+            username: req.username,
+            nickname: req.nickname,
+            password_hash: hash,
+            created_at: now_ms(),
+        };
+        if !self.store.create_user(user.clone()).await? {
+            return Err(AppError::Conflict(format!("username {} is taken", user.username)));
+        }
+        self.known_users.write().insert(user.user_id);
+        Ok(user_vo(&user))
+    }
+
+    pub async fn login(&self, req: LoginReq) -> AppResult<LoginResp> {
+        validate(&req)?;
+        let user = self.store.user_by_username(&req.username).await?;
+        let hash = user.as_ref().map(|u| u.password_hash.clone());
+        let user = match (self.auth.verify_password(req.password, hash).await, user) {
+            (true, Some(u)) => u,
+            _ => return Err(AppError::Unauthenticated("wrong username or password".into())),
+        };
+        let token = self.auth.issue(user.user_id)?;
+        Ok(LoginResp {
+            token: token.token,
+            user_id: user.user_id.to_string(),
+            expires_at: token.expires_at_ms,
+        })
+    }
+
+    pub async fn user(&self, user_id: u64) -> AppResult<UserVo> {
+        match self.store.user_by_id(user_id).await? {
+            Some(u) => Ok(user_vo(&u)),
+            None => Err(AppError::not_found(format!("user {user_id} not found"))),
+        }
+    }
+
+    /// Fails with `not_found` naming the first id that is not a user.
+    pub async fn require_users(&self, ids: &[u64]) -> AppResult<()> {
+        let unknown: Vec<u64> = {
+            let known = self.known_users.read();
+            ids.iter().copied().filter(|id| !known.contains(id)).collect()
+        };
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        let found = self.store.existing_users(&unknown).await?;
+        self.known_users.write().extend(found.iter().copied());
+        match unknown.iter().find(|id| !found.contains(id)) {
+            Some(missing) => Err(AppError::not_found(format!("user {missing} not found"))),
+            None => Ok(()),
+        }
+    }
+
+    /// The single session of two users, created on first use.
+    pub async fn single_session(&self, a: u64, b: u64) -> AppResult<u64> {
+        let key = (a.min(b), a.max(b));
+        if let Some(id) = self.single_sessions.read().get(&key) {
+            return Ok(*id);
+        }
+        let id = self.store.single_session(a, b, self.ids.next_id()).await?;
+        self.single_sessions.write().insert(key, id);
+        Ok(id)
+    }
+
+    /// Who belongs to a session (`not_found` if it does not exist).
+    pub async fn session(&self, session_id: u64) -> AppResult<Arc<SessionInfo>> {
+        if let Some(s) = self.sessions.read().get(&session_id) {
+            return Ok(s.clone());
+        }
+        let info = self
+            .store
+            .session_info(session_id)
+            .await?
+            .ok_or_else(|| AppError::not_found(format!("session {session_id} not found")))?;
+        let info = Arc::new(info);
+        self.sessions.write().insert(session_id, info.clone());
+        Ok(info)
+    }
+
+    /// The session, if `user_id` is one of its members (`forbidden` if not).
+    pub async fn member_session(&self, user_id: u64, session_id: u64) -> AppResult<Arc<SessionInfo>> {
+        let s = self.session(session_id).await?;
+        if s.members.contains(&user_id) {
+            Ok(s)
+        } else {
+            Err(AppError::forbidden(format!("you are not a member of session {session_id}")))
+        }
+    }
+
+    /// The session of a group `user_id` belongs to.
+    pub async fn group_session_for_member(&self, user_id: u64, group_id: u64) -> AppResult<Arc<SessionInfo>> {
+        let cached = self.group_sessions.read().get(&group_id).copied();
+        let session_id = match cached {
+            Some(s) => s,
+            None => {
+                let g = self.load_group(group_id).await?;
+                self.group_sessions.write().insert(group_id, g.session_id);
+                g.session_id
+            }
+        };
+        let s = self.session(session_id).await?;
+        if s.members.contains(&user_id) {
+            Ok(s)
+        } else {
+            Err(AppError::forbidden(format!("you are not a member of group {group_id}")))
+        }
+    }
+
+    async fn load_group(&self, group_id: u64) -> AppResult<Group> {
+        self.store
+            .group(group_id)
+            .await?
+            .ok_or_else(|| AppError::not_found(format!("group {group_id} not found")))
+    }
+
+    fn forget_group(&self, g: &Group) {
+        self.sessions.write().remove(&g.session_id);
+    }
+
+    fn parse_ids(field: &str, raw: &[String]) -> AppResult<Vec<u64>> {
+        let mut out = Vec::with_capacity(raw.len());
+        for r in raw {
+            let id = parse_id(field, r)?;
+            if !out.contains(&id) {
+                out.push(id);
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn create_group(&self, owner: u64, req: crate::model::dto::CreateGroupReq) -> AppResult<GroupVo> {
+        validate(&req)?;
+        let mut members = vec![owner];
+        for id in Self::parse_ids("memberIds", &req.member_ids)? {
+            if !members.contains(&id) {
+                members.push(id);
+            }
+        }
+        self.require_users(&members).await?;
+        let group = Group {
+            group_id: self.ids.next_id(),
+            session_id: self.ids.next_id(),
+            name: req.name,
+            owner_id: owner,
+            member_ids: members,
+            created_at: now_ms(),
+        };
+        self.store.create_group(group.clone()).await?;
+        Ok(group_vo(&group))
+    }
+
+    pub async fn group(&self, user_id: u64, group_id: u64) -> AppResult<GroupVo> {
+        let g = self.load_group(group_id).await?;
+        if !g.member_ids.contains(&user_id) {
+            return Err(AppError::forbidden("only members may see a group"));
+        }
+        Ok(group_vo(&g))
+    }
+
+    pub async fn add_members(&self, user_id: u64, group_id: u64, raw_ids: &[String]) -> AppResult<GroupVo> {
+        if raw_ids.is_empty() || raw_ids.len() > 1000 {
+            return Err(AppError::invalid("userIds must hold 1-1000 ids"));
+        }
+        let g = self.load_group(group_id).await?;
+        if g.owner_id != user_id {
+            return Err(AppError::forbidden("only the owner may add members"));
+        }
+        let ids = Self::parse_ids("userIds", raw_ids)?;
+        self.require_users(&ids).await?;
+        self.store.add_group_members(group_id, &ids).await?;
+        self.forget_group(&g);
+        let g = self.load_group(group_id).await?;
+        Ok(group_vo(&g))
+    }
+
+    pub async fn remove_member(&self, user_id: u64, group_id: u64, member: u64) -> AppResult<()> {
+        let g = self.load_group(group_id).await?;
+        if g.owner_id != user_id && member != user_id {
+            return Err(AppError::forbidden("only the owner may remove other members"));
+        }
+        if member == g.owner_id {
+            return Err(AppError::Conflict("the owner cannot leave the group".into()));
+        }
+        if !self.store.remove_group_member(group_id, member).await? {
+            return Err(AppError::not_found(format!("user {member} is not a member")));
+        }
+        self.forget_group(&g);
+        Ok(())
+    }
+
+    /// Whether `session` is a group session (for listing).
+    pub fn is_group(session: &SessionInfo) -> bool {
+        session.session_type == SessionType::Group
+    }
+}

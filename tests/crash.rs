@@ -1,0 +1,294 @@
+//! Durability: a message whose SendAck (or RECEIPT) went out survives a
+//! SIGKILL of the server, exactly once, with gap-free seqs, and idempotency
+//! on clientMessageId survives the crash too.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use herald::stomp::Command;
+use parking_lot::Mutex;
+use serde_json::Value;
+
+const SENDERS: usize = 3;
+const PER_SENDER: usize = 100;
+/// Kill once this many sends have been confirmed (of 300).
+const KILL_AFTER: usize = 60;
+
+#[derive(Default)]
+struct Confirmed {
+    /// (sender index, clientMessageId) -> messageId, from SendAcks.
+    acks: HashMap<(usize, String), String>,
+    /// (sender index, clientMessageId) confirmed by a RECEIPT.
+    receipts: HashSet<(usize, String)>,
+}
+
+impl Confirmed {
+    fn keys(&self) -> HashSet<(usize, String)> {
+        self.acks.keys().cloned().chain(self.receipts.iter().cloned()).collect()
+    }
+}
+
+fn record(f: &herald::stomp::Frame, s: usize, confirmed: &Mutex<Confirmed>, count: &AtomicUsize) {
+    match f.command {
+        Command::Receipt => {
+            let id = f.header("receipt-id").expect("receipt-id").to_string();
+            let mut c = confirmed.lock();
+            let before = c.keys().len();
+            c.receipts.insert((s, id));
+            if c.keys().len() > before {
+                count.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        Command::Message if f.header("subscription") == Some("ack") => {
+            let ack = body_json(f);
+            let cmid = ack["clientMessageId"].as_str().expect("cmid").to_string();
+            let mid = assert_send_ack(&ack, &cmid);
+            let mut c = confirmed.lock();
+            let before = c.keys().len();
+            if let Some(prev) = c.acks.insert((s, cmid.clone()), mid.clone()) {
+                assert_eq!(prev, mid, "two SendAcks for {cmid} disagree");
+            }
+            if c.keys().len() > before {
+                count.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        Command::Message => {
+            panic!("rejected send during the crash test: {:?}", f.body_str());
+        }
+        Command::Error => panic!("ERROR frame during the crash test: {f:?}"),
+        _ => {}
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipted_messages_survive_sigkill_exactly_once() {
+    // Default durability (`full`).
+    let mut srv = TestServer::start_with(vec![
+        ("HERALD_SEND_RATE_PER_SEC".into(), "100000".into()),
+        ("HERALD_SEND_BURST".into(), "100000".into()),
+    ]);
+    let _log = srv.log_guard();
+    let api = srv.api();
+    let senders = api.new_users(SENDERS).await;
+    let recipient = api.new_user().await;
+    let mut members: Vec<&TestUser> = senders.iter().skip(1).collect();
+    members.push(&recipient);
+    let g = api.create_group(&senders[0], &unique("crash"), &members).await;
+    let gid = g["groupId"].as_str().unwrap().to_string();
+
+    let confirmed = Arc::new(Mutex::new(Confirmed::default()));
+    let count = Arc::new(AtomicUsize::new(0));
+    let run = unique("x");
+    let mut tasks = Vec::new();
+    for (s, u) in senders.iter().enumerate() {
+        let mut c = srv.stomp(&u.token).await;
+        c.subscribe("/user/queue/ack", "ack", "auto").await;
+        c.subscribe("/user/queue/errors", "err", "auto").await;
+        let (confirmed, count) = (confirmed.clone(), count.clone());
+        let (gid, run, to) = (gid.clone(), run.clone(), recipient.user_id.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut sent = 0usize;
+            'sending: for i in 0..PER_SENDER {
+                let cmid = format!("{run}-{s}-{i}");
+                let req = if i % 2 == 0 {
+                    send_req_group(&gid, &format!("g {s} {i}"), &cmid)
+                } else {
+                    send_req_user(&to, &format!("u {s} {i}"), &cmid)
+                };
+                let f = frame(
+                    Command::Send,
+                    &[
+                        ("destination", "/app/send"),
+                        ("content-type", "application/json"),
+                        ("receipt", cmid.as_str()),
+                    ],
+                    serde_json::to_vec(&req).unwrap(),
+                );
+                if c.try_send_frame(&f).await.is_err() {
+                    break;
+                }
+                sent += 1;
+                // Take whatever has arrived, pacing the stream a little.
+                let pace = Instant::now() + Duration::from_millis(3);
+                loop {
+                    let left = pace.saturating_duration_since(Instant::now());
+                    match c.try_recv_frame(left.max(Duration::from_millis(1))).await {
+                        Ok(f) => record(&f, s, &confirmed, &count),
+                        Err(RecvError::Timeout) => break,
+                        Err(RecvError::Closed(_)) => break 'sending,
+                    }
+                }
+            }
+            // Collect the rest until the connection dies or all are in.
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                match c.try_recv_frame(Duration::from_millis(200)).await {
+                    Ok(f) => record(&f, s, &confirmed, &count),
+                    Err(RecvError::Closed(_)) => break,
+                    Err(RecvError::Timeout) => {}
+                }
+            }
+            sent
+        }));
+    }
+
+    // Kill mid-stream.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count.load(Ordering::SeqCst) < KILL_AFTER {
+        assert!(
+            Instant::now() < deadline,
+            "only {} sends confirmed in 30 s",
+            count.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    srv.kill_9();
+    let at_kill = count.load(Ordering::SeqCst);
+    let mut sent_total = 0;
+    for t in tasks {
+        sent_total += t.await.expect("sender task panicked");
+    }
+    let confirmed = Arc::try_unwrap(confirmed)
+        .ok()
+        .expect("tasks are done")
+        .into_inner();
+    let keys = confirmed.keys();
+    eprintln!(
+        "crash test: {sent_total} SENDs written, {at_kill} confirmed at the kill, {} confirmed in total",
+        keys.len()
+    );
+    assert!(keys.len() >= KILL_AFTER);
+    assert!(
+        keys.len() < SENDERS * PER_SENDER,
+        "the kill must interrupt the stream (all {} were confirmed first); \
+         raise the load or lower KILL_AFTER",
+        keys.len()
+    );
+
+    srv.restart();
+    let api = srv.api();
+
+    // The recipient sees every message of every session it is in.
+    let inbox = api.sync_all(&recipient).await;
+    let sender_index: HashMap<&str, usize> = senders
+        .iter()
+        .enumerate()
+        .map(|(i, u)| (u.user_id.as_str(), i))
+        .collect();
+    let mut by_key: HashMap<(usize, String), Vec<&Value>> = HashMap::new();
+    let mut by_mid: HashMap<&str, usize> = HashMap::new();
+    let mut by_session: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
+    for m in &inbox {
+        assert_message_vo(m);
+        let s = sender_index[m["senderId"].as_str().unwrap()];
+        let cmid = m["clientMessageId"].as_str().unwrap().to_string();
+        by_key.entry((s, cmid)).or_default().push(m);
+        *by_mid.entry(m["messageId"].as_str().unwrap()).or_default() += 1;
+        by_session
+            .entry(m["sessionId"].as_str().unwrap())
+            .or_default()
+            .push(m["seq"].as_i64().unwrap());
+    }
+    for (mid, n) in &by_mid {
+        assert_eq!(*n, 1, "message {mid} appears {n} times in the recipient's inbox");
+    }
+    for (key, list) in &by_key {
+        assert_eq!(list.len(), 1, "{key:?} stored {} times", list.len());
+    }
+    for key in &keys {
+        let list = by_key
+            .get(key)
+            .unwrap_or_else(|| panic!("confirmed message {key:?} was lost in the crash"));
+        if let Some(mid) = confirmed.acks.get(key) {
+            assert_eq!(
+                list[0]["messageId"].as_str(),
+                Some(mid.as_str()),
+                "{key:?}: stored id differs from the SendAck"
+            );
+        }
+    }
+    assert_eq!(by_session.len(), 1 + SENDERS, "one group + one single per sender");
+    for (sid, seqs) in &mut by_session {
+        seqs.sort_unstable();
+        let want: Vec<i64> = (1..=seqs.len() as i64).collect();
+        assert_eq!(seqs, &want, "session {sid}: seq must be gap-free without duplicates");
+    }
+    // Inbox seqs are gap-free too.
+    let inbox_seqs: Vec<i64> = inbox.iter().map(|m| m["inboxSeq"].as_i64().unwrap()).collect();
+    let want: Vec<i64> = (1..=inbox.len() as i64).collect();
+    assert_eq!(inbox_seqs, want, "recipient inboxSeq gap-free");
+
+    // Each sender has its own copies, exactly once, read.
+    for (s, u) in senders.iter().enumerate() {
+        let mine = api.sync_all(u).await;
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for m in mine
+            .iter()
+            .filter(|m| m["senderId"].as_str() == Some(u.user_id.as_str()))
+        {
+            assert_eq!(m["status"].as_str(), Some("read"), "{m}");
+            *seen
+                .entry(m["clientMessageId"].as_str().unwrap().to_string())
+                .or_default() += 1;
+        }
+        for (cmid, n) in &seen {
+            assert_eq!(*n, 1, "sender {s}: {cmid} in its inbox {n} times");
+            assert!(
+                by_key.contains_key(&(s, cmid.clone())),
+                "sender {s}: {cmid} missing for the recipient"
+            );
+        }
+        for (ks, cmid) in keys.iter().filter(|(ks, _)| *ks == s) {
+            assert!(
+                seen.contains_key(cmid),
+                "sender {ks}: confirmed {cmid} missing from the sender's sync"
+            );
+        }
+        let theirs = by_key.keys().filter(|(ks, _)| *ks == s).count();
+        assert_eq!(seen.len(), theirs, "sender {s}: own copies vs recipient's");
+    }
+
+    // Idempotency survives the crash.
+    let mut retried = 0;
+    let mut with_ack: Vec<(&(usize, String), &String)> = confirmed.acks.iter().collect();
+    with_ack.sort();
+    for ((s, cmid), mid) in with_ack.iter().take(6) {
+        let i: usize = cmid.rsplit('-').next().unwrap().parse().unwrap();
+        let req = if i % 2 == 0 {
+            send_req_group(&gid, &format!("g {s} {i}"), cmid)
+        } else {
+            send_req_user(&recipient.user_id, &format!("u {s} {i}"), cmid)
+        };
+        let r = api.send(&senders[*s], &req).await;
+        let ack = r.expect(202, "resend after crash").clone();
+        assert_eq!(
+            ack["messageId"].as_str(),
+            Some(mid.as_str()),
+            "resending {cmid} after the crash must return the original id"
+        );
+        retried += 1;
+    }
+    assert!(retried > 0, "no SendAck was recorded before the crash");
+    // Over STOMP too.
+    let (s, cmid) = keys.iter().max().unwrap().clone();
+    let mut c = srv.stomp(&senders[s].token).await;
+    c.subscribe("/user/queue/ack", "ack", "auto").await;
+    let i: usize = cmid.rsplit('-').next().unwrap().parse().unwrap();
+    let req = if i % 2 == 0 {
+        send_req_group(&gid, "again", &cmid)
+    } else {
+        send_req_user(&recipient.user_id, "again", &cmid)
+    };
+    let ack = c.send_message(&req, "ack").await;
+    let stored = &by_key[&(s, cmid.clone())][0];
+    assert_eq!(ack["messageId"], stored["messageId"]);
+
+    let after = api.sync_all(&recipient).await;
+    assert_eq!(after.len(), inbox.len(), "resends created new messages");
+    c.disconnect().await;
+}
