@@ -157,10 +157,14 @@ impl Counters {
     fn recipients(&mut self, c: &Connection, r: &SendRecord) -> BackendResult<Vec<u64>> {
         match (r.session_type, r.to_user_id, r.group_id) {
             (SessionType::Group, _, Some(g)) => {
-                if !self.members.contains_key(&g) {
-                    self.members.insert(g, group_members(c, g)?);
-                }
-                let mut all = self.members.get(&g).cloned().unwrap_or_default();
+                let mut all = match self.members.get(&g) {
+                    Some(m) => m.clone(),
+                    None => {
+                        let m = group_members(c, g)?;
+                        self.members.insert(g, m.clone());
+                        m
+                    }
+                };
                 if !all.contains(&r.sender_id) {
                     all.push(r.sender_id);
                 }

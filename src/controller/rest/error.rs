@@ -175,7 +175,7 @@ pub type ApiResult<T> = Result<T, ApiError>;
 
 #[cfg(test)]
 mod tests {
-    use poem::test::TestClient;
+    use poem::http::Method;
     use poem::web::Query;
     use poem::{handler, Route};
     use serde::Deserialize;
@@ -198,47 +198,66 @@ mod tests {
         Err(ApiError(AppError::Conflict("taken".into())).into())
     }
 
-    fn app() -> impl Endpoint {
-        json_errors(Route::new().at("/q", with_query).at("/conflict", app_error))
+    async fn get(uri: &str) -> Response {
+        let app = json_errors(Route::new().at("/q", with_query).at("/conflict", app_error));
+        let req = Request::builder().method(Method::GET).uri_str(uri).finish();
+        app.get_response(req).await
     }
 
-    async fn body(resp: poem::test::TestResponse) -> ErrorBody {
-        resp.0.into_body().into_json().await.unwrap()
+    async fn body(resp: Response) -> ErrorBody {
+        assert_eq!(
+            resp.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()),
+            Some(JSON_CONTENT_TYPE)
+        );
+        resp.into_body().into_json().await.unwrap()
     }
 
     #[tokio::test]
     async fn query_parse_errors_are_400_invalid_argument() {
-        let cli = TestClient::new(app());
-        let resp = cli.get("/q").query("size", &"abc").send().await;
-        resp.assert_status(StatusCode::BAD_REQUEST);
-        resp.assert_header(CONTENT_TYPE, JSON_CONTENT_TYPE);
+        let resp = get("/q?size=abc").await;
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
         let b = body(resp).await;
         assert_eq!(b.code, "invalid_argument");
         assert!(!b.message.is_empty());
+        assert_eq!(get("/q?size=1").await.status(), StatusCode::OK);
     }
 
     #[tokio::test]
     async fn unknown_routes_are_404_not_found() {
-        let cli = TestClient::new(app());
-        let resp = cli.get("/nope").send().await;
-        resp.assert_status(StatusCode::NOT_FOUND);
+        let resp = get("/nope").await;
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
         assert_eq!(body(resp).await.code, "not_found");
     }
 
     #[tokio::test]
     async fn app_errors_keep_their_status_and_code() {
-        let cli = TestClient::new(app());
-        let resp = cli.get("/conflict").send().await;
-        resp.assert_status(StatusCode::CONFLICT);
+        let resp = get("/conflict").await;
+        assert_eq!(resp.status(), StatusCode::CONFLICT);
         let b = body(resp).await;
         assert_eq!(b.code, "conflict");
         assert_eq!(b.message, "taken");
     }
 
+    #[tokio::test]
+    async fn poem_openapi_errors_are_mapped() {
+        let resp = error_from_poem(AuthorizationError.into());
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(body(resp).await.code, "unauthenticated");
+        let resp = error_from_poem(ContentTypeError::ExpectContentType.into());
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(body(resp).await.code, "invalid_argument");
+    }
+
     #[test]
     fn statuses_map_to_contract_codes() {
-        assert_eq!(classify(StatusCode::UNSUPPORTED_MEDIA_TYPE), (StatusCode::BAD_REQUEST, "invalid_argument"));
-        assert_eq!(classify(StatusCode::LENGTH_REQUIRED), (StatusCode::BAD_REQUEST, "invalid_argument"));
+        assert_eq!(
+            classify(StatusCode::UNSUPPORTED_MEDIA_TYPE),
+            (StatusCode::BAD_REQUEST, "invalid_argument")
+        );
+        assert_eq!(
+            classify(StatusCode::LENGTH_REQUIRED),
+            (StatusCode::BAD_REQUEST, "invalid_argument")
+        );
         assert_eq!(classify(StatusCode::UNAUTHORIZED).1, "unauthenticated");
         assert_eq!(classify(StatusCode::PAYLOAD_TOO_LARGE).1, "payload_too_large");
         assert_eq!(classify(StatusCode::SERVICE_UNAVAILABLE).1, "unavailable");

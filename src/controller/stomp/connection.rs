@@ -455,7 +455,7 @@ impl Connection {
         match result {
             Ok(ack) => {
                 if let Ok(body) = serde_json::to_vec(&ack) {
-                    self.to_own_queue(&SubscribeTarget::SendAcks, destination::SEND_ACKS, Bytes::from(body));
+                    self.write_own_queue(&SubscribeTarget::SendAcks, destination::SEND_ACKS, Bytes::from(body));
                 }
                 if let Some(r) = receipt {
                     self.outgoing.push(frames::receipt(&r));
@@ -470,12 +470,12 @@ impl Connection {
         metrics::counter!("herald_rejected_sends_total", "code" => e.code()).increment(1);
         let vo = SendErrorVo { code: e.code().into(), message: e.to_string(), client_message_id };
         if let Ok(body) = serde_json::to_vec(&vo) {
-            self.to_own_queue(&SubscribeTarget::Errors, destination::ERRORS, Bytes::from(body));
+            self.write_own_queue(&SubscribeTarget::Errors, destination::ERRORS, Bytes::from(body));
         }
     }
 
     /// Writes a JSON MESSAGE to every subscription of this connection to `target`.
-    fn to_own_queue(&mut self, target: &SubscribeTarget, dest: &str, body: Bytes) {
+    fn write_own_queue(&mut self, target: &SubscribeTarget, dest: &str, body: Bytes) {
         let subs: Vec<(String, AckMode)> = match self.session.as_ref() {
             Some(s) => s.subs.iter().filter(|(_, sub)| &sub.target == target).map(|(id, sub)| (id.clone(), sub.ack)).collect(),
             None => return,
@@ -587,7 +587,7 @@ impl Connection {
 
     // ----- transactions -----
 
-    fn tx_name<'f>(frame: &'f Frame) -> Result<&'f str, Fatal> {
+    fn tx_name(frame: &Frame) -> Result<&str, Fatal> {
         frame
             .header("transaction")
             .ok_or_else(|| Fatal::new(format!("{} needs a transaction header", frame.command.as_str()), Some(frame)))
