@@ -19,7 +19,7 @@ use crate::service::{AckService, AuthService, DeliveryHub, Directory, MessageSer
 /// Events queued between the session consumer and the listener (batches).
 const EVENT_QUEUE: usize = 64;
 /// Time allowed for draining on shutdown.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(8);
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(6);
 
 /// A node with its background tasks.
 pub struct Node {

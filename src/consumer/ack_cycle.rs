@@ -23,9 +23,13 @@ pub async fn run_acks(
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
+        // On shutdown, finish what was published before stopping.
+        if *shutdown.borrow() && consumer.lag() == 0 {
+            break;
+        }
         let polled = tokio::select! {
             polled = consumer.poll(POLL_MAX) => polled,
-            _ = shutdown.changed(), if consumer.lag() == 0 => break,
+            _ = shutdown.changed(), if !*shutdown.borrow() => continue,
         };
         let records = match polled {
             Ok(r) => r,

@@ -24,7 +24,9 @@ pub async fn run(mut events: mpsc::Receiver<Vec<MessageSent>>, hub: Arc<Delivery
 fn push_one(hub: &DeliveryHub, sent: &MessageSent) {
     let doc = &sent.stored.doc;
     for r in &sent.stored.recipients {
-        if !hub.is_online(r.user_id) {
+        // The sending device has its SendAck; the sender's others get the push.
+        let except = if r.user_id == doc.sender_id { sent.origin_conn } else { None };
+        if !hub.has_device_besides(r.user_id, except) {
             continue;
         }
         let vo = MessageVo::new(doc, r.inbox_seq, r.status.as_str());
@@ -42,8 +44,6 @@ fn push_one(hub: &DeliveryHub, sent: &MessageSent) {
             stored_at: sent.stored_at,
             redelivery: false,
         });
-        // The sending device has its SendAck; the sender's others get the push.
-        let except = if r.user_id == doc.sender_id { sent.origin_conn } else { None };
         hub.push_to_user(r.user_id, &event, except);
     }
 }

@@ -4,6 +4,8 @@
 pub mod rest;
 pub mod stomp;
 
+use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -12,15 +14,27 @@ use poem::web::Data;
 use poem::{get, handler, Endpoint, EndpointExt, IntoEndpoint, IntoResponse, Request, Response, Route};
 use tracing::Instrument;
 
+use crate::service::rate_limit::RateLimiter;
 use crate::service::Services;
 
 /// The whole HTTP application of one node.
 pub fn routes(services: Services, metrics: PrometheusHandle) -> impl Endpoint<Output = Response> {
+    let limiter = Arc::new(RateLimiter::new(
+        services.config.http_rate_per_sec,
+        services.config.http_rate_per_sec.saturating_mul(2),
+    ));
+    let limited = services.config.http_rate_per_sec > 0;
     let api = rest::api(services.clone());
     let spec = api.spec_yaml();
     let ui = api.swagger_ui();
     Route::new()
-        .nest(rest::BASE_PATH, rest::json_errors(api.into_endpoint()))
+        .nest(
+            rest::BASE_PATH,
+            rest::json_errors(api.into_endpoint()).around(move |ep, req| {
+                let limiter = limiter.clone();
+                async move { limit_per_address(limited, &limiter, ep, req).await }
+            }),
+        )
         .at("/ws", get(stomp::ws_endpoint))
         .at("/healthz", get(healthz))
         .at("/readyz", get(readyz))
@@ -41,7 +55,7 @@ pub fn routes(services: Services, metrics: PrometheusHandle) -> impl Endpoint<Ou
 }
 
 /// A tracing span and the duration histogram for every request.
-async fn observe<E: Endpoint>(ep: std::sync::Arc<E>, req: Request) -> poem::Result<Response> {
+async fn observe<E: Endpoint>(ep: Arc<E>, req: Request) -> poem::Result<Response> {
     let method = req.method().to_string();
     let path = route_label(req.uri().path());
     let span = tracing::info_span!("http", %method, path = %req.uri().path());
@@ -57,6 +71,28 @@ async fn observe<E: Endpoint>(ep: std::sync::Arc<E>, req: Request) -> poem::Resu
         "method" => method, "path" => path, "status" => status.to_string())
     .record(started.elapsed().as_secs_f64());
     resp
+}
+
+/// Per-address REST rate limit (`http_rate_per_sec`, burst twice that).
+async fn limit_per_address<E: Endpoint>(
+    enabled: bool,
+    limiter: &RateLimiter<IpAddr>,
+    ep: Arc<E>,
+    req: Request,
+) -> poem::Result<Response> {
+    if enabled {
+        let ip = req.remote_addr().as_socket_addr().map(|a| a.ip());
+        if let Some(ip) = ip {
+            if !limiter.try_acquire(ip) {
+                return Ok(rest::error_response(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    "too many requests, slow down",
+                ));
+            }
+        }
+    }
+    ep.call(req).await.map(IntoResponse::into_response)
 }
 
 /// The path with ids replaced, so the label set stays small.

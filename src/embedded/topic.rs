@@ -98,17 +98,19 @@ impl DurableTopic for SqliteTopic {
             .writer
             .enqueue(
                 move |c| {
-                    let earlier: Option<Vec<u8>> = c
-                        .prepare_cached("SELECT receipt FROM idempotency WHERE key = ?")?
-                        .query_row([&key], |r| r.get(0))
-                        .optional()?;
-                    if let Some(receipt) = earlier {
-                        return Ok(PublishOnce::Duplicate(receipt));
+                    // Insert-first: the common case (a new key) costs no read.
+                    let fresh = c
+                        .prepare_cached("INSERT OR IGNORE INTO idempotency(key, receipt) VALUES (?, ?)")?
+                        .execute(params![key, receipt])?
+                        == 1;
+                    if !fresh {
+                        let earlier: Vec<u8> = c
+                            .prepare_cached("SELECT receipt FROM idempotency WHERE key = ?")?
+                            .query_row([&key], |r| r.get(0))?;
+                        return Ok(PublishOnce::Duplicate(earlier));
                     }
                     c.prepare_cached(&sql)?.execute([&payload])?;
                     let offset = c.last_insert_rowid() as u64;
-                    c.prepare_cached("INSERT INTO idempotency(key, receipt) VALUES (?, ?)")?
-                        .execute(params![key, receipt])?;
                     Ok(PublishOnce::Published(offset))
                 },
                 move |outcome| {

@@ -104,7 +104,7 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Job>, batch_max: usize) {
 
 fn commit_batch(conn: &Connection, batch: &mut Vec<Job>) {
     let mut completions: Vec<Completion> = Vec::with_capacity(batch.len());
-    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+    if let Err(e) = exec_cached(conn, "BEGIN IMMEDIATE") {
         let msg = format!("cannot begin transaction: {e}");
         for job in batch.drain(..) {
             let (_, done) = job(conn);
@@ -119,11 +119,15 @@ fn commit_batch(conn: &Connection, batch: &mut Vec<Job>) {
             continue;
         }
         // A savepoint per job: a failing job rolls back only itself.
-        let done = match conn.execute_batch("SAVEPOINT job") {
+        let done = match exec_cached(conn, "SAVEPOINT job") {
             Ok(()) => {
                 let (ok, done) = job(conn);
-                let end = if ok { "RELEASE job" } else { "ROLLBACK TO job; RELEASE job" };
-                if let Err(e) = conn.execute_batch(end) {
+                let end = if ok {
+                    exec_cached(conn, "RELEASE job")
+                } else {
+                    exec_cached(conn, "ROLLBACK TO job").and_then(|_| exec_cached(conn, "RELEASE job"))
+                };
+                if let Err(e) = end {
                     tracing::error!(error = %e, "savepoint end failed");
                 }
                 done
@@ -132,7 +136,7 @@ fn commit_batch(conn: &Connection, batch: &mut Vec<Job>) {
         };
         completions.push(done);
     }
-    let committed = conn.execute_batch("COMMIT").map_err(|e| {
+    let committed = exec_cached(conn, "COMMIT").map_err(|e| {
         let _ = conn.execute_batch("ROLLBACK");
         tracing::error!(error = %e, "group commit failed");
         format!("commit failed: {e}")
@@ -140,6 +144,12 @@ fn commit_batch(conn: &Connection, batch: &mut Vec<Job>) {
     for done in completions {
         done(committed.clone());
     }
+}
+
+/// Runs a parameterless statement through the statement cache (savepoints
+/// run once per job: parsing them each time would show in profiles).
+fn exec_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
 }
 
 #[cfg(test)]

@@ -135,6 +135,15 @@ impl DeliveryHub {
         self.devices.read().contains_key(&user_id)
     }
 
+    /// Whether the user has a device other than `except` (saves encoding a
+    /// push nobody would receive).
+    pub fn has_device_besides(&self, user_id: u64, except: Option<u64>) -> bool {
+        self.devices
+            .read()
+            .get(&user_id)
+            .is_some_and(|list| list.iter().any(|d| Some(d.conn_id) != except))
+    }
+
     pub fn presence(&self, user_ids: &[u64]) -> Vec<PresenceVo> {
         let devices = self.devices.read();
         let seen = self.last_seen.read();
