@@ -206,7 +206,9 @@ mod tests {
 
     async fn body(resp: Response) -> ErrorBody {
         assert_eq!(
-            resp.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()),
+            resp.headers()
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok()),
             Some(JSON_CONTENT_TYPE)
         );
         resp.into_body().into_json().await.unwrap()
@@ -259,7 +261,10 @@ mod tests {
             (StatusCode::BAD_REQUEST, "invalid_argument")
         );
         assert_eq!(classify(StatusCode::UNAUTHORIZED).1, "unauthenticated");
-        assert_eq!(classify(StatusCode::PAYLOAD_TOO_LARGE).1, "payload_too_large");
+        assert_eq!(
+            classify(StatusCode::PAYLOAD_TOO_LARGE).1,
+            "payload_too_large"
+        );
         assert_eq!(classify(StatusCode::SERVICE_UNAVAILABLE).1, "unavailable");
     }
 

@@ -4,7 +4,7 @@ use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, OpenApi};
 
-use super::{path_id, rest_op, ApiResult, BearerAuth, Ctx};
+use super::{path_id, ApiResult, BearerAuth, Ctx};
 use crate::model::dto::{AddMembersReq, CreateGroupReq, GroupVo};
 
 pub struct GroupApi {
@@ -31,12 +31,7 @@ impl GroupApi {
     ///
     /// The caller becomes its owner and a member; `memberIds` are the other
     /// initial members.
-    #[oai(
-        path = "/groups",
-        method = "post",
-        operation_id = "createGroup",
-        transform = "rest_op"
-    )]
+    #[oai(path = "/groups", method = "post", operation_id = "createGroup")]
     async fn create(
         &self,
         auth: BearerAuth,
@@ -48,12 +43,7 @@ impl GroupApi {
     }
 
     /// A group (members only)
-    #[oai(
-        path = "/groups/:groupId",
-        method = "get",
-        operation_id = "getGroup",
-        transform = "rest_op"
-    )]
+    #[oai(path = "/groups/:groupId", method = "get", operation_id = "getGroup")]
     async fn get(
         &self,
         auth: BearerAuth,
@@ -68,8 +58,7 @@ impl GroupApi {
     #[oai(
         path = "/groups/:groupId/members",
         method = "post",
-        operation_id = "addGroupMembers",
-        transform = "rest_op"
+        operation_id = "addGroupMembers"
     )]
     async fn add_members(
         &self,
@@ -92,8 +81,7 @@ impl GroupApi {
     #[oai(
         path = "/groups/:groupId/members/:userId",
         method = "delete",
-        operation_id = "removeGroupMember",
-        transform = "rest_op"
+        operation_id = "removeGroupMember"
     )]
     async fn remove_member(
         &self,

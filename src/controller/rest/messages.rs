@@ -4,7 +4,7 @@ use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, OpenApi};
 
-use super::{path_id, rest_op, ApiResult, BearerAuth, Ctx};
+use super::{path_id, ApiResult, BearerAuth, Ctx};
 use crate::model::dto::{
     AckReq, MarkReadReq, MessageVo, PullResp, SendAck, SendReq, SyncResp, UnreadResp, UpdatedResp,
 };
@@ -39,12 +39,7 @@ impl MessageApi {
     /// Exactly one of `toUserId` and `groupId`. Idempotent on
     /// `clientMessageId`: a repeat answers the original's `SendAck`. Answers
     /// once the message is durable.
-    #[oai(
-        path = "/messages",
-        method = "post",
-        operation_id = "sendMessage",
-        transform = "rest_op"
-    )]
+    #[oai(path = "/messages", method = "post", operation_id = "sendMessage")]
     async fn send(&self, auth: BearerAuth, body: Json<SendReq>) -> ApiResult<SendResponse> {
         let (services, user_id) = self.ctx.authed(&auth)?;
         let pending = services.messages.send(user_id, body.0, None).await?;
@@ -56,12 +51,7 @@ impl MessageApi {
     /// Messages after `lastMessageId` (from the start if absent), ascending
     /// by `seq`. Returned entries become `read` (`delivered` with
     /// `markRead=false`).
-    #[oai(
-        path = "/messages/pull",
-        method = "get",
-        operation_id = "pullMessages",
-        transform = "rest_op"
-    )]
+    #[oai(path = "/messages/pull", method = "get", operation_id = "pullMessages")]
     async fn pull(
         &self,
         auth: BearerAuth,
@@ -99,8 +89,7 @@ impl MessageApi {
     #[oai(
         path = "/messages/unread",
         method = "get",
-        operation_id = "unreadMessages",
-        transform = "rest_op"
+        operation_id = "unreadMessages"
     )]
     async fn unread(
         &self,
@@ -113,28 +102,21 @@ impl MessageApi {
         limit: Query<u32>,
     ) -> ApiResult<Json<UnreadResp>> {
         let (services, user_id) = self.ctx.authed(&auth)?;
-        Ok(Json(services.messages.unread(user_id, limit.0 as usize).await?))
+        Ok(Json(
+            services.messages.unread(user_id, limit.0 as usize).await?,
+        ))
     }
 
     /// Multi-device sync by inbox cursor
     ///
     /// The caller's inbox entries after `afterInboxSeq`, by `inboxSeq`; pass
     /// `lastInboxSeq` as the next cursor.
-    #[oai(
-        path = "/inbox/sync",
-        method = "get",
-        operation_id = "syncInbox",
-        transform = "rest_op"
-    )]
+    #[oai(path = "/inbox/sync", method = "get", operation_id = "syncInbox")]
     async fn sync(
         &self,
         auth: BearerAuth,
         /// The cursor: the last `inboxSeq` already seen (0: from the start).
-        #[oai(
-            name = "afterInboxSeq",
-            default,
-            validator(minimum(value = "0"))
-        )]
+        #[oai(name = "afterInboxSeq", default, validator(minimum(value = "0")))]
         after_inbox_seq: Query<i64>,
         /// Page size, 1-500.
         #[oai(
@@ -155,12 +137,7 @@ impl MessageApi {
     ///
     /// `ackType` `received` or `read`; only the caller's own inbox entries
     /// change, and never backwards.
-    #[oai(
-        path = "/messages/ack",
-        method = "post",
-        operation_id = "ackMessages",
-        transform = "rest_op"
-    )]
+    #[oai(path = "/messages/ack", method = "post", operation_id = "ackMessages")]
     async fn ack(&self, auth: BearerAuth, body: Json<AckReq>) -> ApiResult<Json<UpdatedResp>> {
         let (services, user_id) = self.ctx.authed(&auth)?;
         let updated = services
@@ -176,8 +153,7 @@ impl MessageApi {
     #[oai(
         path = "/messages/mark-read",
         method = "post",
-        operation_id = "markRead",
-        transform = "rest_op"
+        operation_id = "markRead"
     )]
     async fn mark_read(
         &self,
@@ -199,8 +175,7 @@ impl MessageApi {
     #[oai(
         path = "/messages/:messageId/recall",
         method = "post",
-        operation_id = "recallMessage",
-        transform = "rest_op"
+        operation_id = "recallMessage"
     )]
     async fn recall(
         &self,

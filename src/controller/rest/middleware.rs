@@ -62,7 +62,7 @@ impl<E: Endpoint> Endpoint for RestOp<E> {
     }
 }
 
-/// Wraps one REST operation (`#[oai(transform = "rest_op")]`): bodies above
+/// Wraps one REST operation (every route of [`super::api`]): bodies above
 /// [`MAX_BODY_BYTES`] get `413 payload_too_large`, and every error (bad
 /// JSON, bad parameters, wrong content type, missing token, handler errors)
 /// comes out as a JSON error body.

@@ -4,7 +4,7 @@ use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::OpenApi;
 
-use super::{rest_op, ApiResult, BearerAuth, Ctx};
+use super::{ApiResult, BearerAuth, Ctx};
 use crate::model::dto::{HistoryResp, SessionVo};
 
 pub struct SessionApi {
@@ -18,12 +18,7 @@ fn default_history_limit() -> u32 {
 #[OpenApi(tag = "super::ApiTags::Sessions")]
 impl SessionApi {
     /// The caller's sessions, most recent first
-    #[oai(
-        path = "/sessions",
-        method = "get",
-        operation_id = "listSessions",
-        transform = "rest_op"
-    )]
+    #[oai(path = "/sessions", method = "get", operation_id = "listSessions")]
     async fn list(&self, auth: BearerAuth) -> ApiResult<Json<Vec<SessionVo>>> {
         let (services, user_id) = self.ctx.authed(&auth)?;
         Ok(Json(services.messages.sessions(user_id).await?))
@@ -36,8 +31,7 @@ impl SessionApi {
     #[oai(
         path = "/sessions/:sessionId/messages",
         method = "get",
-        operation_id = "sessionHistory",
-        transform = "rest_op"
+        operation_id = "sessionHistory"
     )]
     async fn history(
         &self,

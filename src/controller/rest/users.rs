@@ -4,7 +4,7 @@ use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::OpenApi;
 
-use super::{path_id, rest_op, ApiResult, BearerAuth, Ctx};
+use super::{path_id, ApiResult, BearerAuth, Ctx};
 use crate::error::{AppError, AppResult};
 use crate::model::dto::{PresenceVo, UserVo};
 use crate::model::parse_id;
@@ -31,24 +31,14 @@ fn parse_id_list(field: &str, raw: &str, max: usize) -> AppResult<Vec<u64>> {
 #[OpenApi(tag = "super::ApiTags::Users")]
 impl UserApi {
     /// The caller's profile
-    #[oai(
-        path = "/users/me",
-        method = "get",
-        operation_id = "getMe",
-        transform = "rest_op"
-    )]
+    #[oai(path = "/users/me", method = "get", operation_id = "getMe")]
     async fn me(&self, auth: BearerAuth) -> ApiResult<Json<UserVo>> {
         let (services, user_id) = self.ctx.authed(&auth)?;
         Ok(Json(services.directory.user(user_id).await?))
     }
 
     /// A user's public profile
-    #[oai(
-        path = "/users/:userId",
-        method = "get",
-        operation_id = "getUser",
-        transform = "rest_op"
-    )]
+    #[oai(path = "/users/:userId", method = "get", operation_id = "getUser")]
     async fn user(
         &self,
         auth: BearerAuth,
@@ -63,12 +53,7 @@ impl UserApi {
     ///
     /// `online` while any device of the user is connected; `lastSeenAt`
     /// (null if never seen) is when the last one disconnected.
-    #[oai(
-        path = "/presence",
-        method = "get",
-        operation_id = "getPresence",
-        transform = "rest_op"
-    )]
+    #[oai(path = "/presence", method = "get", operation_id = "getPresence")]
     async fn presence(
         &self,
         auth: BearerAuth,
@@ -88,13 +73,22 @@ mod tests {
 
     #[test]
     fn id_lists_parse() {
-        assert_eq!(parse_id_list("userIds", "1, 2,3", 100).unwrap(), vec![1, 2, 3]);
+        assert_eq!(
+            parse_id_list("userIds", "1, 2,3", 100).unwrap(),
+            vec![1, 2, 3]
+        );
         assert!(parse_id_list("userIds", "", 100).is_err());
         assert!(parse_id_list("userIds", "1,,2", 100).is_err());
         assert!(parse_id_list("userIds", "1,x", 100).is_err());
-        let many = (1..=101).map(|i| i.to_string()).collect::<Vec<_>>().join(",");
+        let many = (1..=101)
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
         assert!(parse_id_list("userIds", &many, 100).is_err());
-        let max = (1..=100).map(|i| i.to_string()).collect::<Vec<_>>().join(",");
+        let max = (1..=100)
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
         assert_eq!(parse_id_list("userIds", &max, 100).unwrap().len(), 100);
     }
 }
