@@ -17,7 +17,7 @@ use serde_json::Value;
 const SENDERS: usize = 3;
 const PER_SENDER: usize = 100;
 /// Kill once this many sends have been confirmed (of 300).
-const KILL_AFTER: usize = 60;
+const KILL_AFTER: usize = 150;
 
 #[derive(Default)]
 struct Confirmed {
@@ -29,7 +29,11 @@ struct Confirmed {
 
 impl Confirmed {
     fn keys(&self) -> HashSet<(usize, String)> {
-        self.acks.keys().cloned().chain(self.receipts.iter().cloned()).collect()
+        self.acks
+            .keys()
+            .cloned()
+            .chain(self.receipts.iter().cloned())
+            .collect()
     }
 }
 
@@ -78,7 +82,9 @@ async fn receipted_messages_survive_sigkill_exactly_once() {
     let recipient = api.new_user().await;
     let mut members: Vec<&TestUser> = senders.iter().skip(1).collect();
     members.push(&recipient);
-    let g = api.create_group(&senders[0], &unique("crash"), &members).await;
+    let g = api
+        .create_group(&senders[0], &unique("crash"), &members)
+        .await;
     let gid = g["groupId"].as_str().unwrap().to_string();
 
     let confirmed = Arc::new(Mutex::new(Confirmed::default()));
@@ -114,7 +120,7 @@ async fn receipted_messages_survive_sigkill_exactly_once() {
                 }
                 sent += 1;
                 // Take whatever has arrived, pacing the stream a little.
-                let pace = Instant::now() + Duration::from_millis(3);
+                let pace = Instant::now() + Duration::from_millis(2);
                 loop {
                     let left = pace.saturating_duration_since(Instant::now());
                     match c.try_recv_frame(left.max(Duration::from_millis(1))).await {
@@ -149,10 +155,11 @@ async fn receipted_messages_survive_sigkill_exactly_once() {
     }
     srv.kill_9();
     let at_kill = count.load(Ordering::SeqCst);
-    let mut sent_total = 0;
+    let mut sent_per_sender = Vec::new();
     for t in tasks {
-        sent_total += t.await.expect("sender task panicked");
+        sent_per_sender.push(t.await.expect("sender task panicked"));
     }
+    let sent_total: usize = sent_per_sender.iter().sum();
     let confirmed = Arc::try_unwrap(confirmed)
         .ok()
         .expect("tasks are done")
@@ -195,7 +202,10 @@ async fn receipted_messages_survive_sigkill_exactly_once() {
             .push(m["seq"].as_i64().unwrap());
     }
     for (mid, n) in &by_mid {
-        assert_eq!(*n, 1, "message {mid} appears {n} times in the recipient's inbox");
+        assert_eq!(
+            *n, 1,
+            "message {mid} appears {n} times in the recipient's inbox"
+        );
     }
     for (key, list) in &by_key {
         assert_eq!(list.len(), 1, "{key:?} stored {} times", list.len());
@@ -212,14 +222,24 @@ async fn receipted_messages_survive_sigkill_exactly_once() {
             );
         }
     }
-    assert_eq!(by_session.len(), 1 + SENDERS, "one group + one single per sender");
+    assert_eq!(
+        by_session.len(),
+        1 + SENDERS,
+        "one group + one single per sender"
+    );
     for (sid, seqs) in &mut by_session {
         seqs.sort_unstable();
         let want: Vec<i64> = (1..=seqs.len() as i64).collect();
-        assert_eq!(seqs, &want, "session {sid}: seq must be gap-free without duplicates");
+        assert_eq!(
+            seqs, &want,
+            "session {sid}: seq must be gap-free without duplicates"
+        );
     }
     // Inbox seqs are gap-free too.
-    let inbox_seqs: Vec<i64> = inbox.iter().map(|m| m["inboxSeq"].as_i64().unwrap()).collect();
+    let inbox_seqs: Vec<i64> = inbox
+        .iter()
+        .map(|m| m["inboxSeq"].as_i64().unwrap())
+        .collect();
     let want: Vec<i64> = (1..=inbox.len() as i64).collect();
     assert_eq!(inbox_seqs, want, "recipient inboxSeq gap-free");
 
@@ -253,42 +273,114 @@ async fn receipted_messages_survive_sigkill_exactly_once() {
         assert_eq!(seen.len(), theirs, "sender {s}: own copies vs recipient's");
     }
 
-    // Idempotency survives the crash.
-    let mut retried = 0;
-    let mut with_ack: Vec<(&(usize, String), &String)> = confirmed.acks.iter().collect();
-    with_ack.sort();
-    for ((s, cmid), mid) in with_ack.iter().take(6) {
-        let i: usize = cmid.rsplit('-').next().unwrap().parse().unwrap();
-        let req = if i % 2 == 0 {
+    // Idempotency survives the crash: resend every SEND that was written
+    // (confirmed or not). Confirmed ones return their original id; none
+    // may create a second message.
+    let req_for = |s: usize, i: usize, cmid: &str| {
+        if i % 2 == 0 {
             send_req_group(&gid, &format!("g {s} {i}"), cmid)
         } else {
             send_req_user(&recipient.user_id, &format!("u {s} {i}"), cmid)
-        };
-        let r = api.send(&senders[*s], &req).await;
-        let ack = r.expect(202, "resend after crash").clone();
-        assert_eq!(
-            ack["messageId"].as_str(),
-            Some(mid.as_str()),
-            "resending {cmid} after the crash must return the original id"
-        );
-        retried += 1;
+        }
+    };
+    let mut resent: HashMap<(usize, String), String> = HashMap::new();
+    for (s, &n) in sent_per_sender.iter().enumerate() {
+        for i in 0..n {
+            let cmid = format!("{run}-{s}-{i}");
+            let r = api.send(&senders[s], &req_for(s, i, &cmid)).await;
+            let ack = r.expect(202, "resend after crash").clone();
+            let mid = assert_send_ack(&ack, &cmid);
+            let key = (s, cmid.clone());
+            if let Some(orig) = confirmed.acks.get(&key) {
+                assert_eq!(
+                    &mid, orig,
+                    "resending confirmed {cmid} after the crash must return the original id"
+                );
+            }
+            if let Some(stored) = by_key.get(&key) {
+                assert_eq!(
+                    stored[0]["messageId"].as_str(),
+                    Some(mid.as_str()),
+                    "resending stored {cmid} must return the stored id"
+                );
+            }
+            resent.insert(key, mid);
+        }
     }
-    assert!(retried > 0, "no SendAck was recorded before the crash");
+    assert!(
+        !confirmed.acks.is_empty(),
+        "no SendAck was recorded before the crash"
+    );
     // Over STOMP too.
     let (s, cmid) = keys.iter().max().unwrap().clone();
     let mut c = srv.stomp(&senders[s].token).await;
     c.subscribe("/user/queue/ack", "ack", "auto").await;
     let i: usize = cmid.rsplit('-').next().unwrap().parse().unwrap();
-    let req = if i % 2 == 0 {
-        send_req_group(&gid, "again", &cmid)
-    } else {
-        send_req_user(&recipient.user_id, "again", &cmid)
-    };
-    let ack = c.send_message(&req, "ack").await;
-    let stored = &by_key[&(s, cmid.clone())][0];
-    assert_eq!(ack["messageId"], stored["messageId"]);
+    let ack = c.send_message(&req_for(s, i, &cmid), "ack").await;
+    assert_eq!(
+        ack["messageId"].as_str(),
+        Some(resent[&(s, cmid.clone())].as_str())
+    );
 
-    let after = api.sync_all(&recipient).await;
-    assert_eq!(after.len(), inbox.len(), "resends created new messages");
+    // Everything written is now stored exactly once, seqs still gap-free,
+    // and a brand-new message continues the group's seq.
+    let fresh = api
+        .send_to_group(&senders[0], &gid, "after the crash")
+        .await;
+    let after = api
+        .wait_visible(&recipient, fresh["messageId"].as_str().unwrap())
+        .await;
+    for mid in resent.values() {
+        assert!(
+            after
+                .iter()
+                .any(|m| m["messageId"].as_str() == Some(mid.as_str())),
+            "resent message {mid} never reached the recipient"
+        );
+    }
+    assert_eq!(
+        after.len(),
+        resent.len() + 1,
+        "written SENDs + 1 new message, each exactly once"
+    );
+    let mut by_session: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
+    let mut keys_after: HashSet<(String, String)> = HashSet::new();
+    for m in &after {
+        by_session
+            .entry(m["sessionId"].as_str().unwrap())
+            .or_default()
+            .push(m["seq"].as_i64().unwrap());
+        assert!(
+            keys_after.insert((
+                m["senderId"].as_str().unwrap().to_string(),
+                m["clientMessageId"].as_str().unwrap().to_string()
+            )),
+            "duplicate after resends: {m}"
+        );
+    }
+    for (sid, seqs) in &mut by_session {
+        seqs.sort_unstable();
+        let want: Vec<i64> = (1..=seqs.len() as i64).collect();
+        assert_eq!(seqs, &want, "session {sid} after resends");
+    }
+    let group_sid = fresh["sessionId"].as_str().unwrap();
+    let last = after
+        .iter()
+        .find(|m| m["messageId"] == fresh["messageId"])
+        .unwrap();
+    assert_eq!(
+        last["seq"].as_i64(),
+        Some(by_session[group_sid].len() as i64),
+        "the new message takes the next seq of the group"
+    );
+    let inbox_seqs: Vec<i64> = after
+        .iter()
+        .map(|m| m["inboxSeq"].as_i64().unwrap())
+        .collect();
+    let want: Vec<i64> = (1..=after.len() as i64).collect();
+    assert_eq!(
+        inbox_seqs, want,
+        "recipient inboxSeq gap-free after restart"
+    );
     c.disconnect().await;
 }

@@ -60,7 +60,10 @@ async fn wait_status(api: &Api, u: &TestUser, mid: &str, want: &str) {
         if s == want {
             return;
         }
-        assert!(Instant::now() < deadline, "status of {mid} stayed {s:?}, want {want:?}");
+        assert!(
+            Instant::now() < deadline,
+            "status of {mid} stayed {s:?}, want {want:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -111,7 +114,9 @@ async fn burst_of_200_sends_is_acked_and_delivered_in_order() {
     while acked.len() < N {
         let left = deadline.saturating_duration_since(Instant::now());
         let f = ca
-            .try_recv_matching(left, |f| f.command == Command::Message || f.command == Command::Error)
+            .try_recv_matching(left, |f| {
+                f.command == Command::Message || f.command == Command::Error
+            })
             .await
             .unwrap_or_else(|e| panic!("only {} of {N} SendAcks arrived: {e:?}", acked.len()));
         assert_eq!(f.command, Command::Message, "{f:?}");
@@ -141,9 +146,13 @@ async fn burst_of_200_sends_is_acked_and_delivered_in_order() {
             Some(cmids[i].as_str()),
             "one connection's sends keep their order"
         );
-        assert_eq!(m["messageId"].as_str(), acked.get(&cmids[i]).map(String::as_str));
+        assert_eq!(
+            m["messageId"].as_str(),
+            acked.get(&cmids[i]).map(String::as_str)
+        );
     }
-    cb.expect_no_message_on("msg", Duration::from_millis(300)).await;
+    cb.expect_no_message_on("msg", Duration::from_millis(300))
+        .await;
     let stored = api.sync_all(&b).await;
     assert_eq!(stored.len(), N);
 }
@@ -159,7 +168,9 @@ async fn concurrent_group_senders_share_one_gap_free_order() {
     let observer = api.new_user().await;
     let mut members: Vec<&TestUser> = senders.iter().skip(1).collect();
     members.push(&observer);
-    let g = api.create_group(&senders[0], &unique("conc"), &members).await;
+    let g = api
+        .create_group(&senders[0], &unique("conc"), &members)
+        .await;
     let gid = g["groupId"].as_str().unwrap().to_string();
 
     // One receiving device per member (senders included).
@@ -202,7 +213,11 @@ async fn concurrent_group_senders_share_one_gap_free_order() {
         .flatten()
         .map(|a| a["messageId"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(acked.len(), TOTAL, "every send acked once with a distinct id");
+    assert_eq!(
+        acked.len(),
+        TOTAL,
+        "every send acked once with a distinct id"
+    );
 
     let mut orders: Vec<Vec<String>> = Vec::new();
     for (r, c) in receivers.iter_mut().enumerate() {
@@ -215,24 +230,34 @@ async fn concurrent_group_senders_share_one_gap_free_order() {
             assert_eq!(v["groupId"].as_str(), Some(gid.as_str()));
         }
         let want: Vec<i64> = (1..=TOTAL as i64).collect();
-        assert_eq!(seqs, want, "receiver {r}: seq must be 1..={TOTAL} in push order");
+        assert_eq!(
+            seqs, want,
+            "receiver {r}: seq must be 1..={TOTAL} in push order"
+        );
         let distinct: HashSet<&String> = ids.iter().collect();
         assert_eq!(distinct.len(), TOTAL, "receiver {r}: duplicates");
-        assert!(ids.iter().all(|i| acked.contains(i)), "receiver {r}: unknown ids");
-        c.expect_no_message_on("msg", Duration::from_millis(200)).await;
+        assert!(
+            ids.iter().all(|i| acked.contains(i)),
+            "receiver {r}: unknown ids"
+        );
+        c.expect_no_message_on("msg", Duration::from_millis(200))
+            .await;
         orders.push(ids);
     }
     for (r, o) in orders.iter().enumerate().skip(1) {
-        assert_eq!(o, &orders[0], "receiver {r} saw another order than receiver 0");
+        assert_eq!(
+            o, &orders[0],
+            "receiver {r} saw another order than receiver 0"
+        );
     }
 
     // Each sender's messages keep that sender's order.
     let history = api.sync_all(&observer).await;
     assert_eq!(history.len(), TOTAL);
-    for s in 0..SENDERS {
+    for (s, sender) in senders.iter().enumerate() {
         let mine: Vec<&str> = history
             .iter()
-            .filter(|m| m["senderId"].as_str() == Some(senders[s].user_id.as_str()))
+            .filter(|m| m["senderId"].as_str() == Some(sender.user_id.as_str()))
             .map(|m| m["content"].as_str().unwrap())
             .collect();
         let want: Vec<String> = (0..PER).map(|i| format!("s{s}-{i}")).collect();
@@ -300,7 +325,11 @@ async fn unacked_push_is_redelivered_with_backoff_until_acked() {
     let f2 = cb.recv_message_on("ci", Duration::from_secs(3)).await;
     let t2 = Instant::now();
     for f in [&f1, &f2] {
-        assert_eq!(f.header("message-id"), Some(mid.as_str()), "same message-id");
+        assert_eq!(
+            f.header("message-id"),
+            Some(mid.as_str()),
+            "same message-id"
+        );
         assert_eq!(body_json(f)["messageId"].as_str(), Some(mid.as_str()));
     }
     let (d1, d2) = (t1 - t0, t2 - t1);
@@ -325,7 +354,8 @@ async fn unacked_push_is_redelivered_with_backoff_until_acked() {
     .await;
     cb.recv_receipt("ok", WAIT).await;
     // The 3rd would come ~1200 ms after the 2nd.
-    cb.expect_no_message_on("ci", Duration::from_millis(2_000)).await;
+    cb.expect_no_message_on("ci", Duration::from_millis(2_000))
+        .await;
     wait_status(&api, &b, &mid, "delivered").await;
 }
 
@@ -349,7 +379,8 @@ async fn app_ack_stops_redelivery() {
     )
     .await;
     cb.recv_receipt("app-ack", WAIT).await;
-    cb.expect_no_message_on("ci", Duration::from_millis(1_300)).await;
+    cb.expect_no_message_on("ci", Duration::from_millis(1_300))
+        .await;
     assert_eq!(sync_status(&api, &b, &mid).await, "delivered");
 }
 
@@ -360,8 +391,7 @@ async fn rest_ack_and_pull_stop_redelivery() {
     let a = api.new_user().await;
     let b = api.new_user().await;
     let mut cb = srv.stomp(&b.token).await;
-    cb.subscribe("/user/queue/message", "ci", "client")
-        .await;
+    cb.subscribe("/user/queue/message", "ci", "client").await;
 
     let k1 = api.send_to_user(&a, &b.user_id, "rest ack").await;
     let m1 = k1["messageId"].as_str().unwrap();
@@ -374,7 +404,8 @@ async fn rest_ack_and_pull_stop_redelivery() {
         )
         .await;
     assert_eq!(r.expect(200, "rest ack")["updated"], json!(1));
-    cb.expect_no_message_on("ci", Duration::from_millis(1_300)).await;
+    cb.expect_no_message_on("ci", Duration::from_millis(1_300))
+        .await;
 
     let k2 = api.send_to_user(&a, &b.user_id, "pulled").await;
     let sid = k2["sessionId"].as_str().unwrap();
@@ -385,8 +416,12 @@ async fn rest_ack_and_pull_stop_redelivery() {
             Some(&b.token),
         )
         .await;
-    assert_eq!(r.expect(200, "pull")["messages"].as_array().map(Vec::len), Some(1));
-    cb.expect_no_message_on("ci", Duration::from_millis(1_300)).await;
+    assert_eq!(
+        r.expect(200, "pull")["messages"].as_array().map(Vec::len),
+        Some(1)
+    );
+    cb.expect_no_message_on("ci", Duration::from_millis(1_300))
+        .await;
 }
 
 #[tokio::test]
@@ -443,7 +478,8 @@ async fn auto_ack_is_never_redelivered_and_marks_delivered() {
     let mid = k["messageId"].as_str().unwrap();
     let f = cb.recv_message_on("auto", WAIT).await;
     assert_eq!(f.header("message-id"), Some(mid));
-    cb.expect_no_message_on("auto", Duration::from_millis(1_200)).await;
+    cb.expect_no_message_on("auto", Duration::from_millis(1_200))
+        .await;
     wait_status(&api, &b, mid, "delivered").await;
 }
 
@@ -466,7 +502,9 @@ async fn redeliveries_stop_at_the_maximum_and_message_stays_pending() {
         "original + 2 redeliveries, got {} pushes",
         pushes.len()
     );
-    assert!(pushes.iter().all(|(_, f)| f.header("message-id") == Some(mid)));
+    assert!(pushes
+        .iter()
+        .all(|(_, f)| f.header("message-id") == Some(mid)));
 
     let r = api
         .get(&format!("{API}/messages/unread"), Some(&b.token))
@@ -506,8 +544,12 @@ async fn nack_counts_as_one_redelivery() {
     let f = cb.recv_message_on("ci", WAIT).await;
     let ack_id = f.header("ack").expect("ack header").to_string();
     let nacked = Instant::now();
-    cb.send_frame(&frame(Command::Nack, &[("id", ack_id.as_str())], Bytes::new()))
-        .await;
+    cb.send_frame(&frame(
+        Command::Nack,
+        &[("id", ack_id.as_str())],
+        Bytes::new(),
+    ))
+    .await;
     let again = cb.recv_message_on("ci", WAIT).await;
     let after = nacked.elapsed();
     assert_eq!(again.header("message-id"), Some(mid));
@@ -541,7 +583,10 @@ async fn offline_recipient_finds_messages_pending() {
     for i in 0..3 {
         let cmid = unique("off");
         let ack = ca
-            .send_message(&send_req_user(&b.user_id, &format!("offline {i}"), &cmid), "ack")
+            .send_message(
+                &send_req_user(&b.user_id, &format!("offline {i}"), &cmid),
+                "ack",
+            )
             .await;
         mids.push(assert_send_ack(&ack, &cmid));
     }
@@ -569,13 +614,276 @@ async fn offline_recipient_finds_messages_pending() {
 
     let sid = synced[0]["sessionId"].as_str().unwrap();
     let r = api
-        .get(&format!("{API}/messages/pull?sessionId={sid}"), Some(&b.token))
+        .get(
+            &format!("{API}/messages/pull?sessionId={sid}"),
+            Some(&b.token),
+        )
         .await;
-    let pulled = r.expect(200, "pull")["messages"].as_array().unwrap().clone();
+    let pulled = r.expect(200, "pull")["messages"]
+        .as_array()
+        .unwrap()
+        .clone();
     let seqs: Vec<i64> = pulled.iter().map(|m| m["seq"].as_i64().unwrap()).collect();
     assert_eq!(seqs, vec![1, 2, 3]);
     let r = api
         .get(&format!("{API}/messages/unread"), Some(&b.token))
         .await;
     assert_eq!(r.expect(200, "unread after pull")["total"], json!(0));
+}
+
+#[tokio::test]
+async fn client_ack_mode_is_cumulative() {
+    let (srv, _g) = server();
+    let api = srv.api();
+    let a = api.new_user().await;
+    let b = api.new_user().await;
+    let mut cb = srv.stomp(&b.token).await;
+    cb.subscribe("/user/queue/message", "cl", "client").await;
+    let mut mids = Vec::new();
+    for i in 0..3 {
+        let k = api.send_to_user(&a, &b.user_id, &format!("cum {i}")).await;
+        mids.push(k["messageId"].as_str().unwrap().to_string());
+    }
+    let mut last = None;
+    for mid in &mids {
+        let f = cb.recv_message_on("cl", WAIT).await;
+        assert_eq!(f.header("message-id"), Some(mid.as_str()));
+        last = Some(f);
+    }
+    // Acking the last one acks all earlier ones of the subscription.
+    let ack_id = last
+        .unwrap()
+        .header("ack")
+        .expect("client-mode MESSAGE has an ack header")
+        .to_string();
+    cb.send_frame(&frame(
+        Command::Ack,
+        &[("id", ack_id.as_str()), ("receipt", "cum")],
+        Bytes::new(),
+    ))
+    .await;
+    cb.recv_receipt("cum", WAIT).await;
+    cb.pump(Duration::from_millis(100)).await;
+    cb.drain_queue(); // redeliveries already on the wire before the ACK
+    cb.expect_no_message_on("cl", Duration::from_millis(1_300))
+        .await;
+    for mid in &mids {
+        wait_status(&api, &b, mid, "delivered").await;
+    }
+}
+
+#[tokio::test]
+async fn ack_inside_a_transaction_takes_effect_at_commit() {
+    let (srv, _g) = server();
+    let api = srv.api();
+    let a = api.new_user().await;
+    let b = api.new_user().await;
+    let mut cb = srv.stomp(&b.token).await;
+    cb.subscribe("/user/queue/message", "ci", "client-individual")
+        .await;
+    let k = api.send_to_user(&a, &b.user_id, "tx ack").await;
+    let mid = k["messageId"].as_str().unwrap().to_string();
+    let f = cb.recv_message_on("ci", WAIT).await;
+    let ack_id = f.header("ack").expect("ack header").to_string();
+
+    cb.send_frame(&frame(
+        Command::Begin,
+        &[("transaction", "t")],
+        Bytes::new(),
+    ))
+    .await;
+    cb.send_frame(&frame(
+        Command::Ack,
+        &[("id", ack_id.as_str()), ("transaction", "t")],
+        Bytes::new(),
+    ))
+    .await;
+    // Not in effect yet: the redelivery timer still fires (~300 ms).
+    let again = cb.recv_message_on("ci", Duration::from_secs(2)).await;
+    assert_eq!(again.header("message-id"), Some(mid.as_str()));
+    assert_eq!(sync_status(&api, &b, &mid).await, "pending");
+
+    cb.send_frame(&frame(
+        Command::Commit,
+        &[("transaction", "t"), ("receipt", "c")],
+        Bytes::new(),
+    ))
+    .await;
+    cb.recv_receipt("c", WAIT).await;
+    cb.pump(Duration::from_millis(100)).await;
+    cb.drain_queue();
+    cb.expect_no_message_on("ci", Duration::from_millis(1_500))
+        .await;
+    wait_status(&api, &b, &mid, "delivered").await;
+}
+
+#[tokio::test]
+async fn aborted_ack_does_not_stop_redelivery() {
+    let (srv, _g) = server();
+    let api = srv.api();
+    let a = api.new_user().await;
+    let b = api.new_user().await;
+    let mut cb = srv.stomp(&b.token).await;
+    cb.subscribe("/user/queue/message", "ci", "client-individual")
+        .await;
+    let k = api.send_to_user(&a, &b.user_id, "aborted ack").await;
+    let mid = k["messageId"].as_str().unwrap().to_string();
+    let f = cb.recv_message_on("ci", WAIT).await;
+    let ack_id = f.header("ack").expect("ack header").to_string();
+    cb.send_frame(&frame(
+        Command::Begin,
+        &[("transaction", "t")],
+        Bytes::new(),
+    ))
+    .await;
+    cb.send_frame(&frame(
+        Command::Ack,
+        &[("id", ack_id.as_str()), ("transaction", "t")],
+        Bytes::new(),
+    ))
+    .await;
+    cb.send_frame(&frame(
+        Command::Abort,
+        &[("transaction", "t"), ("receipt", "ab")],
+        Bytes::new(),
+    ))
+    .await;
+    cb.recv_receipt("ab", WAIT).await;
+    let again = cb.recv_message_on("ci", Duration::from_secs(2)).await;
+    assert_eq!(again.header("message-id"), Some(mid.as_str()));
+    assert_eq!(sync_status(&api, &b, &mid).await, "pending");
+}
+
+#[tokio::test]
+async fn group_membership_changes_affect_fan_out() {
+    let (srv, _g) = server();
+    let api = srv.api();
+    let users = api.new_users(3).await;
+    let (owner, b, c) = (&users[0], &users[1], &users[2]);
+    let g = api.create_group(owner, &unique("mship"), &[b]).await;
+    let gid = g["groupId"].as_str().unwrap().to_string();
+    let mut cb = srv.stomp(&b.token).await;
+    cb.subscribe("/user/queue/message", "m", "auto").await;
+    let mut cc = srv.stomp(&c.token).await;
+    cc.subscribe("/user/queue/message", "m", "auto").await;
+
+    api.send_to_group(owner, &gid, "before").await;
+    assert_eq!(cb.recv_json_on("m", WAIT).await["content"], json!("before"));
+    cc.expect_no_message_on("m", Duration::from_millis(300))
+        .await;
+
+    let r = api
+        .post(
+            &format!("{API}/groups/{gid}/members"),
+            Some(&owner.token),
+            &json!({"userIds": [c.user_id]}),
+        )
+        .await;
+    r.expect(200, "add c");
+    api.send_to_group(owner, &gid, "with c").await;
+    let v = cc.recv_json_on("m", WAIT).await;
+    assert_eq!(v["content"], json!("with c"));
+    assert_eq!(v["seq"], json!(2));
+    assert_eq!(cb.recv_json_on("m", WAIT).await["content"], json!("with c"));
+    // The new member may send now.
+    api.send_to_group(c, &gid, "from c").await;
+    assert_eq!(cb.recv_json_on("m", WAIT).await["content"], json!("from c"));
+    // c's device gets its own message too (it was sent over REST).
+    assert_eq!(cc.recv_json_on("m", WAIT).await["content"], json!("from c"));
+
+    let r = api
+        .delete(
+            &format!("{API}/groups/{gid}/members/{}", b.user_id),
+            Some(&owner.token),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    api.send_to_group(owner, &gid, "without b").await;
+    assert_eq!(
+        cc.recv_json_on("m", WAIT).await["content"],
+        json!("without b")
+    );
+    cb.expect_no_message_on("m", Duration::from_millis(500))
+        .await;
+    api.send(b, &send_req_group(&gid, "left", &unique("c")))
+        .await
+        .expect_error(403, "forbidden", "removed member sends");
+}
+
+#[tokio::test]
+async fn unacked_push_is_redelivered_to_a_new_connection() {
+    let (srv, _g) = server();
+    let api = srv.api();
+    let a = api.new_user().await;
+    let b = api.new_user().await;
+    let mut old = srv.stomp(&b.token).await;
+    old.subscribe("/user/queue/message", "ci", "client-individual")
+        .await;
+    let k = api.send_to_user(&a, &b.user_id, "survive reconnect").await;
+    let mid = k["messageId"].as_str().unwrap().to_string();
+    let f = old.recv_message_on("ci", WAIT).await;
+    assert_eq!(f.header("message-id"), Some(mid.as_str()));
+    old.close().await; // gone without acking
+
+    let mut new = srv.stomp(&b.token).await;
+    new.subscribe("/user/queue/message", "ci2", "client-individual")
+        .await;
+    let f = new.recv_message_on("ci2", Duration::from_secs(3)).await;
+    assert_eq!(
+        f.header("message-id"),
+        Some(mid.as_str()),
+        "the unacked message is redelivered to the user's current device"
+    );
+    let ack_id = f.header("ack").expect("ack header").to_string();
+    new.send_frame(&frame(
+        Command::Ack,
+        &[("id", ack_id.as_str()), ("receipt", "r")],
+        Bytes::new(),
+    ))
+    .await;
+    new.recv_receipt("r", WAIT).await;
+    wait_status(&api, &b, &mid, "delivered").await;
+}
+
+#[tokio::test]
+async fn concurrent_duplicate_sends_create_one_message() {
+    let (srv, _g) = server();
+    let api = srv.api();
+    let a = api.new_user().await;
+    let b = api.new_user().await;
+    let mut cb = srv.stomp(&b.token).await;
+    cb.subscribe("/user/queue/message", "m", "auto").await;
+    let cmid = unique("race");
+    let req = send_req_user(&b.user_id, "only once", &cmid);
+
+    // 10 REST requests and 2 STOMP devices race on one clientMessageId.
+    let mut d1 = srv.stomp(&a.token).await;
+    d1.subscribe("/user/queue/ack", "ack", "auto").await;
+    let mut d2 = srv.stomp(&a.token).await;
+    d2.subscribe("/user/queue/ack", "ack", "auto").await;
+    let rest = (0..10).map(|_| {
+        let api = api.clone();
+        let (a, req) = (a.clone(), req.clone());
+        async move { api.send(&a, &req).await }
+    });
+    let (rest, ack1, ack2) = tokio::join!(
+        futures_util::future::join_all(rest),
+        d1.send_message(&req, "ack"),
+        d2.send_message(&req, "ack"),
+    );
+    let mut ids: HashSet<String> = HashSet::new();
+    for r in &rest {
+        ids.insert(assert_send_ack(r.expect(202, "racing send"), &cmid));
+    }
+    ids.insert(assert_send_ack(&ack1, &cmid));
+    ids.insert(assert_send_ack(&ack2, &cmid));
+    assert_eq!(ids.len(), 1, "racing duplicates got different ids: {ids:?}");
+    let mid = ids.into_iter().next().unwrap();
+
+    let f = cb.recv_message_on("m", WAIT).await;
+    assert_eq!(f.header("message-id"), Some(mid.as_str()));
+    cb.expect_no_message_on("m", Duration::from_millis(500))
+        .await;
+    let list = api.wait_visible(&b, &mid).await;
+    assert_eq!(list.len(), 1, "exactly one message stored: {list:?}");
 }

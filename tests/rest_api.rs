@@ -42,16 +42,26 @@ async fn unread_total(api: &Api, u: &TestUser) -> i64 {
         .expect("total must be a number")
 }
 
-/// Sends `n` texts `"{prefix}{i}"` from `from` to `to`; returns the acks.
+/// Sends `n` texts `"{prefix}{i}"` from `from` to `to`, each one once the
+/// previous is readable by both; returns the acks.
 async fn send_n(api: &Api, from: &TestUser, to: &TestUser, prefix: &str, n: usize) -> Vec<Value> {
     let mut acks = Vec::new();
     for i in 1..=n {
-        acks.push(
-            api.send_to_user(from, &to.user_id, &format!("{prefix}{i}"))
-                .await,
-        );
+        let ack = api
+            .send_to_user(from, &to.user_id, &format!("{prefix}{i}"))
+            .await;
+        visible(api, &[from, to], &ack).await;
+        acks.push(ack);
     }
     acks
+}
+
+/// Waits until the message of `ack` is readable by every user in `users`.
+async fn visible(api: &Api, users: &[&TestUser], ack: &Value) {
+    let mid = ack["messageId"].as_str().expect("messageId");
+    for u in users {
+        api.wait_visible(u, mid).await;
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -84,8 +94,18 @@ async fn register_rejects_each_invalid_field() {
     let api = srv.api();
     let good_name = unique("ok");
     let cases: Vec<(&str, String, String, String)> = vec![
-        ("short username", "ab".into(), "password123".into(), "N".into()),
-        ("long username", "a".repeat(33), "password123".into(), "N".into()),
+        (
+            "short username",
+            "ab".into(),
+            "password123".into(),
+            "N".into(),
+        ),
+        (
+            "long username",
+            "a".repeat(33),
+            "password123".into(),
+            "N".into(),
+        ),
         (
             "bad username char",
             format!("bad name{}", &good_name[2..8]),
@@ -98,10 +118,30 @@ async fn register_rejects_each_invalid_field() {
             "password123".into(),
             "N".into(),
         ),
-        ("short password", good_name.clone(), "1234567".into(), "N".into()),
-        ("long password", good_name.clone(), "p".repeat(129), "N".into()),
-        ("empty nickname", good_name.clone(), "password123".into(), String::new()),
-        ("long nickname", good_name.clone(), "password123".into(), "n".repeat(65)),
+        (
+            "short password",
+            good_name.clone(),
+            "1234567".into(),
+            "N".into(),
+        ),
+        (
+            "long password",
+            good_name.clone(),
+            "p".repeat(129),
+            "N".into(),
+        ),
+        (
+            "empty nickname",
+            good_name.clone(),
+            "password123".into(),
+            String::new(),
+        ),
+        (
+            "long nickname",
+            good_name.clone(),
+            "password123".into(),
+            "n".repeat(65),
+        ),
     ];
     for (what, u, p, n) in &cases {
         let r = api.register(u, p, n).await;
@@ -125,7 +165,11 @@ async fn register_with_malformed_json_is_400_json() {
     let (srv, _g) = server();
     let api = srv.api();
     let r = api
-        .post_raw(&format!("{API}/auth/register"), None, "{\"username\": \"abc\",")
+        .post_raw(
+            &format!("{API}/auth/register"),
+            None,
+            "{\"username\": \"abc\",",
+        )
         .await;
     r.expect_error(400, "invalid_argument", "malformed JSON");
     let r = api
@@ -396,9 +440,11 @@ async fn groups_membership_and_permissions() {
         .delete(&format!("{gp}/members/{}", b.user_id), Some(&b.token))
         .await;
     assert_eq!(r.status, 204, "member leaves: {}", r.text);
-    api.get(&gp, Some(&b.token))
-        .await
-        .expect_error(403, "forbidden", "member who left reads group");
+    api.get(&gp, Some(&b.token)).await.expect_error(
+        403,
+        "forbidden",
+        "member who left reads group",
+    );
     let left = api.get(&gp, Some(&owner.token)).await;
     assert_eq!(
         member_ids(left.expect(200, "owner reads group")),
@@ -453,6 +499,8 @@ async fn send_returns_send_ack_and_is_idempotent() {
         Some(mid.as_str())
     );
 
+    visible(&api, &[&b], &ack1).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let sid = ack1["sessionId"].as_str().unwrap();
     let p = api
         .get(
@@ -468,7 +516,9 @@ async fn send_returns_send_ack_and_is_idempotent() {
 
     // The same clientMessageId from another sender is a different message.
     let c = api.new_user().await;
-    let rc = api.send(&c, &send_req_user(&b.user_id, "other", &cmid)).await;
+    let rc = api
+        .send(&c, &send_req_user(&b.user_id, "other", &cmid))
+        .await;
     let other = assert_send_ack(rc.expect(202, "other sender, same cmid"), &cmid);
     assert_ne!(other, mid);
 }
@@ -480,7 +530,9 @@ async fn send_rejections_follow_the_contract() {
     let users = api.new_users(3).await;
     let (a, b, c) = (&users[0], &users[1], &users[2]);
 
-    let r = api.send(a, &send_req_user(&a.user_id, "me", &unique("c"))).await;
+    let r = api
+        .send(a, &send_req_user(&a.user_id, "me", &unique("c")))
+        .await;
     assert!(
         (r.status == 403 && r.body["code"] == "forbidden")
             || (r.status == 400 && r.body["code"] == "invalid_argument"),
@@ -510,9 +562,11 @@ async fn send_rejections_follow_the_contract() {
         .expect_error(413, "payload_too_large", "content of 65537 bytes");
     // Exactly the limit is fine (bytes, not chars).
     let max = "y".repeat(65_536);
-    api.send(a, &send_req_user(&b.user_id, &max, &unique("c")))
+    let big_ack = api
+        .send(a, &send_req_user(&b.user_id, &max, &unique("c")))
         .await
-        .expect(202, "content of 65536 bytes");
+        .expect(202, "content of 65536 bytes")
+        .clone();
     let multibyte = "é".repeat(32_769); // 65538 bytes, 32769 chars
     api.send(a, &send_req_user(&b.user_id, &multibyte, &unique("c")))
         .await
@@ -547,6 +601,8 @@ async fn send_rejections_follow_the_contract() {
         .expect_error(400, "invalid_argument", "malformed JSON");
 
     // Nothing of the above reached b except the one accepted message.
+    visible(&api, &[b], &big_ack).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let list = api.sync_all(b).await;
     assert_eq!(list.len(), 1, "only the 65536-byte message was stored");
     assert_eq!(list[0]["content"].as_str().map(str::len), Some(65_536));
@@ -563,8 +619,10 @@ async fn adjusted_timestamp_replaces_skewed_client_clocks() {
     ok["clientTimestamp"] = json!(now - 5_000);
     let mut skewed = send_req_user(&b.user_id, "far", &unique("c"));
     skewed["clientTimestamp"] = json!(now - 3_600_000);
-    api.send(&a, &ok).await.expect(202, "near");
-    api.send(&a, &skewed).await.expect(202, "far");
+    let k1 = api.send(&a, &ok).await.expect(202, "near").clone();
+    visible(&api, &[&b], &k1).await;
+    let k2 = api.send(&a, &skewed).await.expect(202, "far").clone();
+    visible(&api, &[&b], &k2).await;
     let list = api.sync_all(&b).await;
     assert_eq!(list.len(), 2);
     assert_eq!(list[0]["clientTimestamp"], json!(now - 5_000));
@@ -612,7 +670,10 @@ async fn pull_pages_in_seq_order_and_marks_read() {
 
     let last = page[1]["messageId"].as_str().unwrap();
     let r = api
-        .get(&format!("{base}&size=2&lastMessageId={last}"), Some(&b.token))
+        .get(
+            &format!("{base}&size=2&lastMessageId={last}"),
+            Some(&b.token),
+        )
         .await;
     let body = r.expect(200, "pull page 2").clone();
     let page = msgs(&body);
@@ -621,7 +682,10 @@ async fn pull_pages_in_seq_order_and_marks_read() {
 
     let last = page[1]["messageId"].as_str().unwrap();
     let r = api
-        .get(&format!("{base}&size=2&lastMessageId={last}"), Some(&b.token))
+        .get(
+            &format!("{base}&size=2&lastMessageId={last}"),
+            Some(&b.token),
+        )
         .await;
     let body = r.expect(200, "pull page 3").clone();
     assert_eq!(seqs(&msgs(&body)), vec![5]);
@@ -660,7 +724,10 @@ async fn pull_with_mark_read_false_marks_delivered() {
     let sid = acks[0]["sessionId"].as_str().unwrap();
 
     let before = api.sync_all(&b).await;
-    assert!(before.iter().all(|m| m["status"] == "pending"), "{before:?}");
+    assert!(
+        before.iter().all(|m| m["status"] == "pending"),
+        "{before:?}"
+    );
 
     let r = api
         .get(
@@ -673,7 +740,10 @@ async fn pull_with_mark_read_false_marks_delivered() {
     assert!(page.iter().all(|m| m["status"] == "delivered"), "{page:?}");
     assert_eq!(unread_total(&api, &b).await, 2, "delivered is still unread");
     let after = api.sync_all(&b).await;
-    assert!(after.iter().all(|m| m["status"] == "delivered"), "{after:?}");
+    assert!(
+        after.iter().all(|m| m["status"] == "delivered"),
+        "{after:?}"
+    );
 }
 
 #[tokio::test]
@@ -682,9 +752,10 @@ async fn unread_is_oldest_first_with_total() {
     let api = srv.api();
     let users = api.new_users(3).await;
     let (a1, a2, b) = (&users[0], &users[1], &users[2]);
-    api.send_to_user(a1, &b.user_id, "u1").await;
-    api.send_to_user(a2, &b.user_id, "u2").await;
-    api.send_to_user(a1, &b.user_id, "u3").await;
+    for (from, text) in [(a1, "u1"), (a2, "u2"), (a1, "u3")] {
+        let k = api.send_to_user(from, &b.user_id, text).await;
+        visible(&api, &[b], &k).await;
+    }
 
     let r = api
         .get(&format!("{API}/messages/unread"), Some(&b.token))
@@ -731,7 +802,10 @@ async fn sync_pages_by_inbox_seq_and_includes_own_sends() {
     let body = r.expect(200, "sync 1").clone();
     let page = msgs(&body);
     assert_eq!(page.len(), 2);
-    let inbox: Vec<i64> = page.iter().map(|m| m["inboxSeq"].as_i64().unwrap()).collect();
+    let inbox: Vec<i64> = page
+        .iter()
+        .map(|m| m["inboxSeq"].as_i64().unwrap())
+        .collect();
     assert_eq!(inbox, vec![1, 2], "inboxSeq starts at 1, gap-free");
     assert_eq!(body["hasMore"], json!(true));
     assert_eq!(body["lastInboxSeq"], json!(2));
@@ -762,7 +836,10 @@ async fn sync_pages_by_inbox_seq_and_includes_own_sends() {
     // The sender's own copies, already read.
     let mine = api.sync_all(&a).await;
     assert_eq!(contents(&mine), vec!["s1", "s2", "s3"]);
-    let inbox: Vec<i64> = mine.iter().map(|m| m["inboxSeq"].as_i64().unwrap()).collect();
+    let inbox: Vec<i64> = mine
+        .iter()
+        .map(|m| m["inboxSeq"].as_i64().unwrap())
+        .collect();
     assert_eq!(inbox, vec![1, 2, 3]);
     for (m, k) in mine.iter().zip(&acks) {
         assert_eq!(m["status"], json!("read"), "{m}");
@@ -863,7 +940,11 @@ async fn mark_read_up_to_seq_and_all() {
     let path = format!("{API}/messages/mark-read");
 
     let r = api
-        .post(&path, Some(&b.token), &json!({"sessionId": sid, "upToSeq": 2}))
+        .post(
+            &path,
+            Some(&b.token),
+            &json!({"sessionId": sid, "upToSeq": 2}),
+        )
         .await;
     assert_eq!(r.expect(200, "mark-read upToSeq 2")["updated"], json!(2));
     let r = api
@@ -910,6 +991,8 @@ async fn sessions_are_listed_most_recent_first() {
     let gid = g["groupId"].as_str().unwrap();
     tokio::time::sleep(Duration::from_millis(5)).await;
     let g1 = api.send_to_group(c, gid, "group-1").await;
+    visible(&api, &[a, b], &s1).await;
+    visible(&api, &[b], &g1).await;
 
     let r = api.get(&format!("{API}/sessions"), Some(&b.token)).await;
     let list = sessions_of(r.expect(200, "sessions"));
@@ -936,6 +1019,7 @@ async fn sessions_are_listed_most_recent_first() {
 
     tokio::time::sleep(Duration::from_millis(5)).await;
     let s2 = api.send_to_user(a, &b.user_id, "single-2").await;
+    visible(&api, &[a, b], &s2).await;
     let r = api.get(&format!("{API}/sessions"), Some(&b.token)).await;
     let list = sessions_of(r.expect(200, "sessions again"));
     assert_eq!(list[0]["sessionId"], s1["sessionId"], "{list:?}");
@@ -1099,8 +1183,149 @@ async fn health_ready_metrics_and_docs() {
     let o = api.get("/openapi.yaml", None).await;
     o.expect(200, "openapi.yaml");
     assert!(o.text.contains("openapi"), "not an OpenAPI document");
-    assert!(o.text.contains("/api/v1/messages"), "spec lacks /messages");
+    assert!(
+        o.text.contains("/messages/pull"),
+        "spec lacks /messages/pull"
+    );
+    assert!(o.text.contains("/api/v1"), "spec lacks the /api/v1 base");
     api.get("/docs", None).await.expect(200, "docs");
-    let missing = api.get(&format!("{API}/no-such-route"), Some(&a.token)).await;
+    let missing = api
+        .get(&format!("{API}/no-such-route"), Some(&a.token))
+        .await;
     missing.expect_error(404, "not_found", "unknown route");
+}
+
+// ---------------------------------------------------------------------------
+// servers with special settings
+// ---------------------------------------------------------------------------
+
+static LIMITED: OnceLock<TestServer> = OnceLock::new();
+
+fn limited_server() -> (&'static TestServer, LogGuard) {
+    let s = TestServer::shared(
+        &LIMITED,
+        &[
+            ("HERALD_SEND_RATE_PER_SEC", "1"),
+            ("HERALD_SEND_BURST", "3"),
+            ("HERALD_RECALL_WINDOW_MS", "500"),
+        ],
+    );
+    (s, s.log_guard())
+}
+
+#[tokio::test]
+async fn send_rate_limit_answers_429() {
+    let (srv, _g) = limited_server();
+    let api = srv.api();
+    let a = api.new_user().await;
+    let b = api.new_user().await;
+    for i in 0..3 {
+        api.send(
+            &a,
+            &send_req_user(&b.user_id, &format!("ok {i}"), &unique("c")),
+        )
+        .await
+        .expect(202, "within the burst");
+    }
+    api.send(&a, &send_req_user(&b.user_id, "too many", &unique("c")))
+        .await
+        .expect_error(429, "rate_limited", "over the burst");
+    // Per user: another sender is not affected.
+    let c = api.new_user().await;
+    api.send(&c, &send_req_user(&b.user_id, "other user", &unique("c")))
+        .await
+        .expect(202, "another user's bucket");
+    // The bucket refills (1/s).
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    api.send(&a, &send_req_user(&b.user_id, "refilled", &unique("c")))
+        .await
+        .expect(202, "after refill");
+}
+
+#[tokio::test]
+async fn recall_after_the_window_is_refused() {
+    let (srv, _g) = limited_server();
+    let api = srv.api();
+    let a = api.new_user().await;
+    let b = api.new_user().await;
+    let k = api.send_to_user(&a, &b.user_id, "too late").await;
+    let mid = k["messageId"].as_str().unwrap();
+    visible(&api, &[&b], &k).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let r = api
+        .post_empty(&format!("{API}/messages/{mid}/recall"), Some(&a.token))
+        .await;
+    assert!(
+        matches!(r.status, 400 | 403 | 409),
+        "recall after recallWindowMs must be refused, got {} {}",
+        r.status,
+        r.text
+    );
+    assert!(r.body["code"].is_string(), "{}", r.text);
+    let list = api.sync_all(&b).await;
+    assert_eq!(list[0]["isRecalled"], json!(false));
+}
+
+static HTTP_LIMITED: OnceLock<TestServer> = OnceLock::new();
+
+#[tokio::test]
+async fn http_rate_limit_answers_429_json() {
+    let s = TestServer::shared(&HTTP_LIMITED, &[("HERALD_HTTP_RATE_PER_SEC", "5")]);
+    let _g = s.log_guard();
+    let api = s.api();
+    let name = unique("rl");
+    api.register(&name, "password123", "R")
+        .await
+        .expect(201, "register");
+    let login = api.login(&name, "password123").await;
+    let token = login.expect(200, "login")["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut limited = None;
+    for _ in 0..40 {
+        let r = api.get(&format!("{API}/users/me"), Some(&token)).await;
+        if r.status == 429 {
+            limited = Some(r);
+            break;
+        }
+        r.expect(200, "me");
+    }
+    let r = limited.expect("40 quick requests at 5/s must hit the limit");
+    r.expect_error(429, "rate_limited", "http rate limit");
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    api.get(&format!("{API}/users/me"), Some(&token))
+        .await
+        .expect(200, "after the window");
+}
+
+static SHORT_TOKENS: OnceLock<TestServer> = OnceLock::new();
+
+#[tokio::test]
+async fn expired_tokens_are_rejected() {
+    let s = TestServer::shared(&SHORT_TOKENS, &[("HERALD_JWT_TTL_SECS", "1")]);
+    let _g = s.log_guard();
+    let api = s.api();
+    let before = now_ms();
+    let u = api.new_user().await;
+    let l = api.login(&u.username, &u.password).await;
+    let exp = l.expect(200, "login")["expiresAt"].as_i64().unwrap();
+    assert!(
+        exp > before && exp <= now_ms() + 2_000,
+        "expiresAt {exp} should be ~1 s after login ({before})"
+    );
+    api.get(&format!("{API}/users/me"), Some(&u.token))
+        .await
+        .expect(200, "fresh token");
+    // The server allows 5 s of clock-skew leeway past `expiresAt`.
+    let wait = (exp + 6_000 - now_ms()).max(0) as u64;
+    tokio::time::sleep(Duration::from_millis(wait)).await;
+    api.get(&format!("{API}/users/me"), Some(&u.token))
+        .await
+        .expect_error(401, "unauthenticated", "expired token");
+    let mut c = Stomp::open(s.port()).await;
+    let auth = format!("Bearer {}", u.token);
+    let f = c.send_connect(&[("Authorization", auth.as_str())]).await;
+    assert_eq!(f.command, herald::stomp::Command::Error, "{f:?}");
+    assert!(c.wait_closed(WAIT).await);
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
-use herald::stomp::{Command, Frame};
+use herald::stomp::Command;
 use serde_json::{json, Value};
 
 static SERVER: OnceLock<TestServer> = OnceLock::new();
@@ -72,7 +72,10 @@ async fn connect_with_authorization_header() {
     assert_eq!(f.header("user-name"), Some(u.user_id.as_str()));
     let server = f.header("server").expect("server header");
     assert!(server.starts_with("herald/"), "server header {server:?}");
-    assert!(server.len() > "herald/".len(), "server header lacks a version");
+    assert!(
+        server.len() > "herald/".len(),
+        "server header lacks a version"
+    );
     assert!(
         f.header("session").is_some_and(|s| !s.is_empty()),
         "session header: {f:?}"
@@ -88,7 +91,10 @@ async fn connect_with_passcode_and_stomp_command() {
     let u = api.new_user().await;
     let mut c = Stomp::open(srv.port()).await;
     let f = c
-        .send_connect(&[("login", u.username.as_str()), ("passcode", u.token.as_str())])
+        .send_connect(&[
+            ("login", u.username.as_str()),
+            ("passcode", u.token.as_str()),
+        ])
         .await;
     assert_eq!(f.command, Command::Connected, "{f:?}");
     assert_eq!(f.header("user-name"), Some(u.user_id.as_str()));
@@ -271,8 +277,12 @@ async fn rejected_sends_go_to_the_errors_queue_and_connection_survives() {
     let gid = g["groupId"].as_str().unwrap().to_string();
 
     // Malformed JSON: no clientMessageId can be known.
-    c.send("/app/send", &[("content-type", "application/json")], "{nope")
-        .await;
+    c.send(
+        "/app/send",
+        &[("content-type", "application/json")],
+        "{nope",
+    )
+    .await;
     let e = c.recv_json_on("err", WAIT).await;
     assert_eq!(e["code"], json!("invalid_argument"), "{e}");
     assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{e}");
@@ -312,7 +322,10 @@ async fn rejected_sends_go_to_the_errors_queue_and_connection_survives() {
             "{what}: code must be one of {codes:?}: {e}"
         );
         assert_eq!(e["clientMessageId"], req["clientMessageId"], "{what}: {e}");
-        assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{what}: {e}");
+        assert!(
+            e["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{what}: {e}"
+        );
     }
     assert!(
         c.queued().iter().all(|f| f.command != Command::Error),
@@ -325,7 +338,9 @@ async fn rejected_sends_go_to_the_errors_queue_and_connection_survives() {
     let ack = c
         .send_message(&send_req_user(&b.user_id, "still fine", &cmid), "ack")
         .await;
-    assert_send_ack(&ack, &cmid);
+    let mid = assert_send_ack(&ack, &cmid);
+    api.wait_visible(&b, &mid).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let list = api.sync_all(&b).await;
     assert_eq!(list.len(), 1, "only the valid message was stored: {list:?}");
 }
@@ -351,6 +366,14 @@ async fn unknown_destinations_get_error() {
         let f = c.subscribe_frame(dest, "s1", "auto").await;
         assert_eq!(f.command, Command::Error, "SUBSCRIBE {dest}: {f:?}");
         assert!(f.header("message").is_some(), "{f:?}");
+        assert!(
+            f.header("receipt-id").is_some(),
+            "ERROR for a frame with a receipt header should carry receipt-id: {f:?}"
+        );
+        assert!(
+            c.wait_closed(WAIT).await,
+            "STOMP 1.2: the server closes the connection after an ERROR"
+        );
     }
 }
 
@@ -423,8 +446,12 @@ async fn session_topics_are_for_members_only() {
     let mut ca = srv.stomp(&a.token).await;
     ca.subscribe(&dest, "typ", "auto").await;
     let mut cb = srv.stomp(&b.token).await;
-    cb.send(&dest, &[("content-type", "application/json")], r#"{"typing":true}"#)
-        .await;
+    cb.send(
+        &dest,
+        &[("content-type", "application/json")],
+        r#"{"typing":true}"#,
+    )
+    .await;
     let f = ca.recv_message_on("typ", WAIT).await;
     assert_eq!(f.body_str(), Some(r#"{"typing":true}"#));
 
@@ -453,7 +480,11 @@ async fn session_topics_are_for_members_only() {
     assert_eq!(f.body_str(), Some("g-typing"));
     let mut cs = srv.stomp(&stranger.token).await;
     let f = cs.subscribe_frame(&gdest, "spy", "auto").await;
-    assert_eq!(f.command, Command::Error, "non-member group SUBSCRIBE: {f:?}");
+    assert_eq!(
+        f.command,
+        Command::Error,
+        "non-member group SUBSCRIBE: {f:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -482,7 +513,11 @@ async fn several_frames_in_one_websocket_message() {
     ));
     bytes.extend(encode(&frame(
         Command::Subscribe,
-        &[("destination", dest.as_str()), ("id", "p"), ("receipt", "sub")],
+        &[
+            ("destination", dest.as_str()),
+            ("id", "p"),
+            ("receipt", "sub"),
+        ],
         Bytes::new(),
     )));
     c.send_bytes(bytes, false).await;
@@ -520,7 +555,9 @@ async fn one_frame_split_across_websocket_messages() {
     let mut c = srv.stomp(&u.token).await;
     c.subscribe(&dest, "p", "auto").await;
 
-    let body: String = (0..5000).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    let body: String = (0..5000)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
     let bytes = encode(&frame(
         Command::Send,
         &[("destination", dest.as_str()), ("receipt", "split")],
@@ -542,7 +579,7 @@ async fn one_frame_split_across_websocket_messages() {
     assert_eq!(f.body_str(), Some(body.as_str()));
 
     // A JSON /app/send split in two also works.
-    let (a, mut ca) = online_user(srv, &api).await;
+    let (_a, mut ca) = online_user(srv, &api).await;
     let b = api.new_user().await;
     let cmid = unique("c");
     let req = serde_json::to_vec(&send_req_user(&b.user_id, "split send", &cmid)).unwrap();
@@ -561,7 +598,6 @@ async fn one_frame_split_across_websocket_messages() {
     ca.recv_receipt("r-split", WAIT).await;
     let ack = ca.recv_json_on("ack", WAIT).await;
     assert_send_ack(&ack, &cmid);
-    let _ = a;
 }
 
 #[tokio::test]
@@ -574,7 +610,11 @@ async fn binary_websocket_messages_are_answered_in_binary() {
     let auth = format!("Bearer {}", u.token);
     let f = c.send_connect(&[("Authorization", auth.as_str())]).await;
     assert_eq!(f.command, Command::Connected);
-    assert_eq!(c.last_rx_binary, Some(true), "CONNECTED must come in binary");
+    assert_eq!(
+        c.last_rx_binary,
+        Some(true),
+        "CONNECTED must come in binary"
+    );
     let dest = public_dest();
     c.subscribe(&dest, "p", "auto").await;
     assert_eq!(c.last_rx_binary, Some(true), "RECEIPT must come in binary");
@@ -589,7 +629,11 @@ async fn binary_websocket_messages_are_answered_in_binary() {
     c.recv_receipt("t", WAIT).await;
     let f = c.recv_message_on("p", WAIT).await;
     assert_eq!(f.body_str(), Some("txt"));
-    assert_eq!(c.last_rx_binary, Some(false), "answers follow the client's last type");
+    assert_eq!(
+        c.last_rx_binary,
+        Some(false),
+        "answers follow the client's last type"
+    );
 }
 
 #[tokio::test]
@@ -610,7 +654,10 @@ async fn oversized_frame_gets_error_and_close() {
     c.send(&dest, &[], "b".repeat(10_000)).await;
     let f = c.recv_error(WAIT).await;
     assert!(f.header("message").is_some(), "{f:?}");
-    assert!(c.wait_closed(WAIT).await, "must close after oversized frame");
+    assert!(
+        c.wait_closed(WAIT).await,
+        "must close after oversized frame"
+    );
 
     // Over it, streamed in small pieces without ever finishing the frame.
     let mut c = srv.stomp(&u.token).await;
@@ -633,7 +680,10 @@ async fn oversized_frame_gets_error_and_close() {
         "a frame growing past the limit must be refused"
     );
     assert!(got_error, "an ERROR frame must precede the close");
-    assert!(c.wait_closed(WAIT).await, "must close after oversized frame");
+    assert!(
+        c.wait_closed(WAIT).await,
+        "must close after oversized frame"
+    );
 
     // The server is fine afterwards.
     let mut c = srv.stomp(&u.token).await;
@@ -652,11 +702,17 @@ async fn heart_beats_are_negotiated_and_sent() {
     let auth = format!("Bearer {}", u.token);
     let mut c = Stomp::open(srv.port()).await;
     let f = c
-        .send_connect(&[("Authorization", auth.as_str()), ("heart-beat", "1000,1000")])
+        .send_connect(&[
+            ("Authorization", auth.as_str()),
+            ("heart-beat", "1000,1000"),
+        ])
         .await;
     assert_eq!(f.command, Command::Connected);
     let (sx, sy) = parse_hb(f.header("heart-beat").unwrap());
-    assert!(sx > 0 && sy > 0, "server configured with {HB_MS} ms offers heart-beats: {sx},{sy}");
+    assert!(
+        sx > 0 && sy > 0,
+        "server configured with {HB_MS} ms offers heart-beats: {sx},{sy}"
+    );
     assert!(sx <= 60_000 && sy <= 60_000, "sensible values: {sx},{sy}");
     let send_every = sx.max(1000); // server -> client
     let expect_every = sy.max(1000); // client -> server
@@ -671,8 +727,17 @@ async fn heart_beats_are_negotiated_and_sent() {
         c.send_heartbeat().await;
         c.pump(Duration::from_millis(expect_every / 3)).await;
     }
-    assert!(c.closed.is_none(), "closed although we sent heart-beats: {:?}", c.closed);
-    let beats: Vec<Instant> = c.heartbeats.iter().copied().filter(|t| *t >= start).collect();
+    assert!(
+        c.closed.is_none(),
+        "closed although we sent heart-beats: {:?}",
+        c.closed
+    );
+    let beats: Vec<Instant> = c
+        .heartbeats
+        .iter()
+        .copied()
+        .filter(|t| *t >= start)
+        .collect();
     assert!(
         beats.len() >= 3,
         "expected ~4 heart-beats in {window:?} at {send_every} ms, got {}",
@@ -712,16 +777,24 @@ async fn silent_client_is_disconnected_after_twice_the_interval() {
     let auth = format!("Bearer {}", u.token);
     let mut c = Stomp::open(srv.port()).await;
     let f = c
-        .send_connect(&[("Authorization", auth.as_str()), ("heart-beat", "1000,1000")])
+        .send_connect(&[
+            ("Authorization", auth.as_str()),
+            ("heart-beat", "1000,1000"),
+        ])
         .await;
     let start = Instant::now();
     assert_eq!(f.command, Command::Connected);
     let (_sx, sy) = parse_hb(f.header("heart-beat").unwrap());
     assert!(sy > 0, "server must ask for client heart-beats: {f:?}");
     let interval = Duration::from_millis(sy.max(1000));
-    let closed = c.wait_closed(interval * 2 + Duration::from_millis(2_500)).await;
+    let closed = c
+        .wait_closed(interval * 2 + Duration::from_millis(2_500))
+        .await;
     let at = start.elapsed();
-    assert!(closed, "a silent client must be disconnected (waited {at:?})");
+    assert!(
+        closed,
+        "a silent client must be disconnected (waited {at:?})"
+    );
     assert!(
         at >= interval * 3 / 2,
         "disconnected after {at:?}, before twice the interval {interval:?}"
@@ -747,8 +820,9 @@ async fn unsubscribe_stops_pushes() {
     let v = cb.recv_json_on("m", WAIT).await;
     assert_eq!(v["content"], json!("one"));
     cb.unsubscribe("m").await;
-    api.send_to_user(&a, &b.user_id, "two").await;
-    cb.expect_no_message_on("m", Duration::from_millis(700)).await;
+    let two = api.send_to_user(&a, &b.user_id, "two").await;
+    cb.expect_no_message_on("m", Duration::from_millis(700))
+        .await;
 
     let mut ca = srv.stomp(&a.token).await;
     ca.send(&dest, &[], "p1").await;
@@ -756,10 +830,13 @@ async fn unsubscribe_stops_pushes() {
     cb.unsubscribe("p").await;
     ca.send(&dest, &[("receipt", "p2")], "p2").await;
     ca.recv_receipt("p2", WAIT).await;
-    cb.expect_no_message_on("p", Duration::from_millis(500)).await;
+    cb.expect_no_message_on("p", Duration::from_millis(500))
+        .await;
 
     // The message sent meanwhile is not lost: it is still in the inbox.
-    let list = api.sync_all(&b).await;
+    let list = api
+        .wait_visible(&b, two["messageId"].as_str().unwrap())
+        .await;
     assert_eq!(contents_of(&list), vec!["one", "two"]);
 }
 
@@ -775,8 +852,12 @@ async fn disconnect_with_receipt() {
     let api = srv.api();
     let u = api.new_user().await;
     let mut c = srv.stomp(&u.token).await;
-    c.send_frame(&frame(Command::Disconnect, &[("receipt", "bye-77")], Bytes::new()))
-        .await;
+    c.send_frame(&frame(
+        Command::Disconnect,
+        &[("receipt", "bye-77")],
+        Bytes::new(),
+    ))
+    .await;
     let f = c.recv_frame(WAIT).await;
     assert_eq!(f.command, Command::Receipt, "{f:?}");
     assert_eq!(f.header("receipt-id"), Some("bye-77"));
@@ -811,8 +892,12 @@ async fn transactions_apply_sends_at_commit_only() {
     let (_a, mut ca) = online_user(srv, &api).await;
     let (b, mut cb) = online_user(srv, &api).await;
 
-    ca.send_frame(&frame(Command::Begin, &[("transaction", "tx1")], Bytes::new()))
-        .await;
+    ca.send_frame(&frame(
+        Command::Begin,
+        &[("transaction", "tx1")],
+        Bytes::new(),
+    ))
+    .await;
     let cm1 = unique("t");
     let cm2 = unique("t");
     for (cmid, text) in [(&cm1, "t1"), (&cm2, "t2")] {
@@ -826,8 +911,12 @@ async fn transactions_apply_sends_at_commit_only() {
     }
     cb.expect_no_message_on("msg", Duration::from_millis(600))
         .await;
-    ca.expect_no_message_on("ack", Duration::from_millis(10)).await;
-    assert!(api.sync_all(&b).await.is_empty(), "nothing stored before COMMIT");
+    ca.expect_no_message_on("ack", Duration::from_millis(10))
+        .await;
+    assert!(
+        api.sync_all(&b).await.is_empty(),
+        "nothing stored before COMMIT"
+    );
 
     ca.send_frame(&frame(
         Command::Commit,
@@ -838,7 +927,10 @@ async fn transactions_apply_sends_at_commit_only() {
     ca.recv_receipt("c1", WAIT).await;
     let m1 = cb.recv_json_on("msg", WAIT).await;
     let m2 = cb.recv_json_on("msg", WAIT).await;
-    assert_eq!((m1["content"].clone(), m2["content"].clone()), (json!("t1"), json!("t2")));
+    assert_eq!(
+        (m1["content"].clone(), m2["content"].clone()),
+        (json!("t1"), json!("t2"))
+    );
     assert_eq!(m2["seq"].as_i64(), m1["seq"].as_i64().map(|s| s + 1));
     let k1 = ca.recv_json_on("ack", WAIT).await;
     let k2 = ca.recv_json_on("ack", WAIT).await;
@@ -846,8 +938,12 @@ async fn transactions_apply_sends_at_commit_only() {
     assert_eq!(k2["clientMessageId"].as_str(), Some(cm2.as_str()));
 
     // ABORT discards.
-    ca.send_frame(&frame(Command::Begin, &[("transaction", "tx2")], Bytes::new()))
-        .await;
+    ca.send_frame(&frame(
+        Command::Begin,
+        &[("transaction", "tx2")],
+        Bytes::new(),
+    ))
+    .await;
     let body = serde_json::to_vec(&send_req_user(&b.user_id, "t3", &unique("t"))).unwrap();
     ca.send(
         "/app/send",
@@ -864,11 +960,16 @@ async fn transactions_apply_sends_at_commit_only() {
     ca.recv_receipt("a2", WAIT).await;
     cb.expect_no_message_on("msg", Duration::from_millis(600))
         .await;
-    ca.expect_no_message_on("ack", Duration::from_millis(10)).await;
+    ca.expect_no_message_on("ack", Duration::from_millis(10))
+        .await;
 
     // A connection ending inside a transaction discards it too.
-    ca.send_frame(&frame(Command::Begin, &[("transaction", "tx3")], Bytes::new()))
-        .await;
+    ca.send_frame(&frame(
+        Command::Begin,
+        &[("transaction", "tx3")],
+        Bytes::new(),
+    ))
+    .await;
     let body = serde_json::to_vec(&send_req_user(&b.user_id, "t4", &unique("t"))).unwrap();
     ca.send(
         "/app/send",
@@ -891,12 +992,21 @@ async fn transactions_on_public_topics() {
     let dest = public_dest();
     let mut c = srv.stomp(&u.token).await;
     c.subscribe(&dest, "p", "auto").await;
-    c.send_frame(&frame(Command::Begin, &[("transaction", "x")], Bytes::new()))
-        .await;
+    c.send_frame(&frame(
+        Command::Begin,
+        &[("transaction", "x")],
+        Bytes::new(),
+    ))
+    .await;
     c.send(&dest, &[("transaction", "x")], "in-tx").await;
-    c.expect_no_message_on("p", Duration::from_millis(400)).await;
-    c.send_frame(&frame(Command::Commit, &[("transaction", "x")], Bytes::new()))
+    c.expect_no_message_on("p", Duration::from_millis(400))
         .await;
+    c.send_frame(&frame(
+        Command::Commit,
+        &[("transaction", "x")],
+        Bytes::new(),
+    ))
+    .await;
     let f = c.recv_message_on("p", WAIT).await;
     assert_eq!(f.body_str(), Some("in-tx"));
 }
@@ -943,7 +1053,9 @@ async fn ack_and_nack_frames_on_client_individual() {
     let mid = k["messageId"].as_str().unwrap().to_string();
     let f = cb.recv_message_on("ci", WAIT).await;
     assert_eq!(f.header("message-id"), Some(mid.as_str()));
-    let ack_id = f.header("ack").expect("client-individual MESSAGE has an ack header");
+    let ack_id = f
+        .header("ack")
+        .expect("client-individual MESSAGE has an ack header");
     // Not acked yet: still pending.
     assert_eq!(status_of(&api, &b, &mid).await, "pending");
 
@@ -953,7 +1065,11 @@ async fn ack_and_nack_frames_on_client_individual() {
         .await;
     let f = cb.recv_message_on("ci", Duration::from_secs(3)).await;
     assert!(nacked.elapsed() < Duration::from_secs(3));
-    assert_eq!(f.header("message-id"), Some(mid.as_str()), "same message-id");
+    assert_eq!(
+        f.header("message-id"),
+        Some(mid.as_str()),
+        "same message-id"
+    );
     let ack_id = f.header("ack").expect("ack header").to_string();
 
     cb.send_frame(&frame(
@@ -991,7 +1107,10 @@ async fn app_ack_by_ids_and_by_session() {
     .await;
     cb.recv_receipt("ack1", WAIT).await;
     wait_status(&api, &b, m1, "delivered").await;
-    assert_eq!(status_of(&api, &b, k2["messageId"].as_str().unwrap()).await, "pending");
+    assert_eq!(
+        status_of(&api, &b, k2["messageId"].as_str().unwrap()).await,
+        "pending"
+    );
 
     cb.send_json(
         "/app/ack",
@@ -1004,4 +1123,136 @@ async fn app_ack_by_ids_and_by_session() {
     wait_status(&api, &b, k2["messageId"].as_str().unwrap(), "read").await;
     let m3 = k3["messageId"].as_str().unwrap();
     assert_eq!(status_of(&api, &b, m3).await, "pending");
+}
+
+#[tokio::test]
+async fn malformed_frames_get_error_and_close() {
+    let (srv, _g) = server();
+    let api = srv.api();
+    let u = api.new_user().await;
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("unknown command", b"HELLO\nx:y\n\nbody\0".to_vec()),
+        ("SEND without destination", b"SEND\nx:y\n\nbody\0".to_vec()),
+        (
+            "SUBSCRIBE without id",
+            b"SUBSCRIBE\ndestination:/user/queue/message\n\n\0".to_vec(),
+        ),
+        (
+            "content-length mismatch",
+            b"SEND\ndestination:/topic/public.x\ncontent-length:2\n\nabcdef\0".to_vec(),
+        ),
+        (
+            "bad header escape",
+            b"SEND\ndestination:/topic/public.x\nx:a\\qb\n\n\0".to_vec(),
+        ),
+    ];
+    for (what, bytes) in cases {
+        let mut c = srv.stomp(&u.token).await;
+        c.send_bytes(bytes, false).await;
+        let f = c.recv_error(WAIT).await;
+        assert!(f.header("message").is_some(), "{what}: {f:?}");
+        assert!(c.wait_closed(WAIT).await, "{what}: must close after ERROR");
+    }
+    // A BEGIN twice / COMMIT of an unknown transaction are protocol errors too.
+    let mut c = srv.stomp(&u.token).await;
+    c.send_frame(&frame(
+        Command::Commit,
+        &[("transaction", "nope")],
+        Bytes::new(),
+    ))
+    .await;
+    c.recv_error(WAIT).await;
+}
+
+#[tokio::test]
+async fn max_size_content_is_delivered_intact_over_stomp() {
+    let (srv, _g) = server();
+    let api = srv.api();
+    let (_a, mut ca) = online_user(srv, &api).await;
+    let (b, mut cb) = online_user(srv, &api).await;
+    // 65 536 bytes with multi-byte characters and JSON-escaped ones.
+    let mut content = String::new();
+    while content.len() < 65_536 - 8 {
+        content.push_str("é\"\\\n<>");
+    }
+    while content.len() < 65_536 {
+        content.push('x');
+    }
+    assert_eq!(content.len(), 65_536);
+    let cmid = unique("big");
+    let ack = ca
+        .send_message(&send_req_user(&b.user_id, &content, &cmid), "ack")
+        .await;
+    assert_send_ack(&ack, &cmid);
+    let v = cb.recv_json_on("msg", WAIT).await;
+    assert_eq!(v["content"].as_str().map(str::len), Some(65_536));
+    assert_eq!(v["content"].as_str(), Some(content.as_str()));
+}
+
+static RATE_LIMITED: OnceLock<TestServer> = OnceLock::new();
+
+#[tokio::test]
+async fn rate_limited_sends_go_to_the_errors_queue() {
+    let srv = TestServer::shared(
+        &RATE_LIMITED,
+        &[
+            ("HERALD_SEND_RATE_PER_SEC", "1"),
+            ("HERALD_SEND_BURST", "2"),
+        ],
+    );
+    let _g = srv.log_guard();
+    let api = srv.api();
+    let (_a, mut ca) = online_user(srv, &api).await;
+    let b = api.new_user().await;
+    for i in 0..2 {
+        let cmid = unique("ok");
+        let ack = ca
+            .send_message(&send_req_user(&b.user_id, &format!("ok {i}"), &cmid), "ack")
+            .await;
+        assert_send_ack(&ack, &cmid);
+    }
+    let cmid = unique("rl");
+    ca.send_json(
+        "/app/send",
+        &send_req_user(&b.user_id, "too fast", &cmid),
+        None,
+    )
+    .await;
+    let e = ca.recv_json_on("err", WAIT).await;
+    assert_eq!(e["code"], json!("rate_limited"), "{e}");
+    assert_eq!(e["clientMessageId"].as_str(), Some(cmid.as_str()));
+    // Still connected and usable once the bucket refills.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let cmid = unique("ok");
+    let ack = ca
+        .send_message(&send_req_user(&b.user_id, "later", &cmid), "ack")
+        .await;
+    assert_send_ack(&ack, &cmid);
+}
+
+#[tokio::test]
+async fn client_without_heart_beats_is_not_timed_out() {
+    let (srv, _g) = server();
+    let api = srv.api();
+    let u = api.new_user().await;
+    let auth = format!("Bearer {}", u.token);
+    let mut c = Stomp::open(srv.port()).await;
+    // cx = 0: the client promises no heart-beats; it wants them every 1 s.
+    let f = c
+        .send_connect(&[("Authorization", auth.as_str()), ("heart-beat", "0,1000")])
+        .await;
+    assert_eq!(f.command, Command::Connected);
+    c.pump(Duration::from_millis(3_200)).await;
+    assert!(
+        c.closed.is_none(),
+        "closed a client that promised no heart-beats: {:?}",
+        c.closed
+    );
+    assert!(
+        c.heartbeats.len() >= 2,
+        "asked for heart-beats every second, got {} in 3.2 s",
+        c.heartbeats.len()
+    );
+    let dest = public_dest();
+    c.subscribe(&dest, "p", "auto").await;
 }

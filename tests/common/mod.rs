@@ -187,7 +187,10 @@ impl TestServer {
 
     /// A lazily started server shared by all tests of one test binary. It
     /// is killed (by its watchdog) when the test binary exits.
-    pub fn shared(cell: &'static OnceLock<TestServer>, env: &[(&str, &str)]) -> &'static TestServer {
+    pub fn shared(
+        cell: &'static OnceLock<TestServer>,
+        env: &[(&str, &str)],
+    ) -> &'static TestServer {
         cell.get_or_init(|| TestServer::start(env))
     }
 
@@ -618,10 +621,34 @@ impl Api {
             if !has_more {
                 return out;
             }
-            assert!(last > cursor, "sync cursor must advance ({cursor} -> {last})");
+            assert!(
+                last > cursor,
+                "sync cursor must advance ({cursor} -> {last})"
+            );
             cursor = last;
         }
         panic!("sync never ended");
+    }
+
+    /// Waits until `message_id` shows up in `user`'s `/inbox/sync` (a
+    /// `SendAck` means durable, not yet readable); returns the inbox.
+    pub async fn wait_visible(&self, user: &TestUser, message_id: &str) -> Vec<Value> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let list = self.sync_all(user).await;
+            if list
+                .iter()
+                .any(|m| m["messageId"].as_str() == Some(message_id))
+            {
+                return list;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "message {message_id} not in the inbox of {} within {WAIT:?}",
+                user.user_id
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Polls `check` on GET `path` until it returns true (or panics after
@@ -896,7 +923,10 @@ impl Stomp {
     }
 
     #[track_caller]
-    pub fn recv_frame(&mut self, timeout: Duration) -> impl std::future::Future<Output = Frame> + '_ {
+    pub fn recv_frame(
+        &mut self,
+        timeout: Duration,
+    ) -> impl std::future::Future<Output = Frame> + '_ {
         let caller = std::panic::Location::caller();
         async move {
             match self.try_recv_frame(timeout).await {
@@ -916,10 +946,7 @@ impl Stomp {
         let mut scanned = 0;
         loop {
             if let Some(i) = self.queue.iter().skip(scanned).position(&pred) {
-                return Ok(self
-                    .queue
-                    .remove(scanned + i)
-                    .expect("index within queue"));
+                return Ok(self.queue.remove(scanned + i).expect("index within queue"));
             }
             scanned = self.queue.len();
             self.read_more(deadline).await?;
@@ -949,14 +976,18 @@ impl Stomp {
         .await
     }
 
-    pub async fn try_recv_message_on(&mut self, sub: &str, timeout: Duration) -> Result<Frame, RecvError> {
+    pub async fn try_recv_message_on(
+        &mut self,
+        sub: &str,
+        timeout: Duration,
+    ) -> Result<Frame, RecvError> {
         self.try_recv_matching(timeout, |f| {
             f.command == Command::Message && f.header("subscription") == Some(sub)
         })
         .await
     }
 
-    /// The MESSAGE on `sub` whose JSON body satisfies `pred`.
+    /// The next MESSAGE on `sub`, its body parsed as JSON.
     pub async fn recv_json_on(&mut self, sub: &str, timeout: Duration) -> Value {
         let f = self.recv_message_on(sub, timeout).await;
         body_json(&f)
@@ -1182,7 +1213,10 @@ pub fn assert_message_vo(v: &Value) {
         "sessionType: {v}"
     );
     assert!(v["seq"].as_i64().is_some_and(|s| s >= 1), "seq: {v}");
-    assert!(v["inboxSeq"].as_i64().is_some_and(|s| s >= 1), "inboxSeq: {v}");
+    assert!(
+        v["inboxSeq"].as_i64().is_some_and(|s| s >= 1),
+        "inboxSeq: {v}"
+    );
     assert!(v["messageType"].is_i64(), "messageType: {v}");
     assert!(v["content"].is_string(), "content: {v}");
     assert!(v["clientMessageId"].is_string(), "clientMessageId: {v}");
@@ -1211,6 +1245,9 @@ pub fn assert_send_ack(v: &Value, cmid: &str) -> String {
     assert_eq!(v["clientMessageId"].as_str(), Some(cmid), "SendAck: {v}");
     assert_eq!(v["status"].as_str(), Some("accepted"), "SendAck: {v}");
     assert_id(&v["sessionId"], "SendAck sessionId");
-    assert!(v["serverTimestamp"].is_i64(), "SendAck serverTimestamp: {v}");
+    assert!(
+        v["serverTimestamp"].is_i64(),
+        "SendAck serverTimestamp: {v}"
+    );
     assert_id(&v["messageId"], "SendAck messageId")
 }
