@@ -14,7 +14,7 @@ use crate::consumer::{ack_cycle, message_listener, session_consumer};
 use crate::embedded::{Embedded, SqliteStore, SqliteTopic};
 use crate::model::IdGenerator;
 use crate::service::backend::{DurableTopic, Store};
-use crate::service::{AckService, AuthService, DeliveryHub, Directory, MessageService, RedeliveryTracker, Services};
+use crate::service::{AckService, AuthService, DeliveryHub, Directory, MessageService, RedeliveryTracker, Services, StoredWatermark};
 
 /// Events queued between the session consumer and the listener (batches).
 const EVENT_QUEUE: usize = 64;
@@ -77,6 +77,7 @@ impl Node {
             Duration::from_millis(cfg.max_redelivery_wait_ms),
             cfg.max_redeliveries,
         ));
+        let stored = Arc::new(StoredWatermark::default());
         let messages = Arc::new(MessageService::new(
             cfg.clone(),
             ids.clone(),
@@ -85,6 +86,7 @@ impl Node {
             directory.clone(),
             acks.clone(),
             delivery.clone(),
+            stored.clone(),
         ));
         let services = Services {
             config: cfg,
@@ -95,6 +97,7 @@ impl Node {
             acks,
             delivery,
             redelivery,
+            stored,
             store,
         };
         let (shutdown, _) = watch::channel(false);
@@ -125,7 +128,13 @@ async fn start_consumers(
     let session_consumer = session_topic.consumer("inbox-writer").await?;
     let ack_consumer = ack_topic.consumer("ack-cycle").await?;
     Ok(vec![
-        tokio::spawn(session_consumer::run(session_consumer, s.store.clone(), events_tx, shutdown.subscribe())),
+        tokio::spawn(session_consumer::run(
+            session_consumer,
+            s.store.clone(),
+            s.stored.clone(),
+            events_tx,
+            shutdown.subscribe(),
+        )),
         tokio::spawn(message_listener::run(events_rx, s.delivery.clone())),
         tokio::spawn(ack_cycle::run_acks(
             ack_consumer,

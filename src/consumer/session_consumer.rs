@@ -12,6 +12,7 @@ use super::{backoff, POLL_MAX};
 use crate::model::ids::now_ms;
 use crate::model::{SendRecord, StoredMessage};
 use crate::service::backend::{Store, TopicConsumer};
+use crate::service::StoredWatermark;
 
 /// A message just stored, with the connection that sent it.
 #[derive(Debug, Clone)]
@@ -24,6 +25,7 @@ pub struct MessageSent {
 pub async fn run(
     mut consumer: Box<dyn TopicConsumer>,
     store: Arc<dyn Store>,
+    watermark: Arc<StoredWatermark>,
     events: mpsc::Sender<Vec<MessageSent>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -62,6 +64,7 @@ pub async fn run(
             })
             .collect();
         let stored = store_with_retry(&*store, batch).await;
+        watermark.advance(last);
         let stored_at = Instant::now();
         let now = now_ms();
         let sent: Vec<MessageSent> = stored

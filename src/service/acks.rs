@@ -78,11 +78,6 @@ impl AckService {
         }
     }
 
-    /// Publishes `command` durably without waiting for it to be applied.
-    pub async fn submit(&self, user_id: u64, command: AckCommand) -> AppResult<()> {
-        self.publish(&AckRecord { user_id, command, reply_token: None }).await
-    }
-
     /// Queues a single-message ack to be published with others shortly
     /// (auto-ack on write, STOMP ACK frames): the hot path, never waits.
     pub fn ack_soon(&self, user_id: u64, message_id: u64, status: InboxStatus) {

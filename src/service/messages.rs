@@ -11,6 +11,7 @@ use super::backend::{Durable, DurableTopic, PublishOnce, RecallOutcome, Store};
 use super::delivery::{DeliveryHub, UserEvent};
 use super::directory::Directory;
 use super::rate_limit::RateLimiter;
+use super::watermark::StoredWatermark;
 use crate::config::Config;
 use crate::error::{AppError, AppResult};
 use crate::model::dto::{
@@ -23,6 +24,9 @@ use crate::model::{
     SessionType,
 };
 
+/// Longest wait for the inbox write before a durable send is answered.
+const STORED_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 pub struct MessageService {
     config: Arc<Config>,
     ids: Arc<IdGenerator>,
@@ -32,6 +36,7 @@ pub struct MessageService {
     acks: Arc<AckService>,
     delivery: Arc<DeliveryHub>,
     send_limiter: RateLimiter<u64>,
+    stored: Arc<StoredWatermark>,
 }
 
 /// A send that is queued on the session topic; awaiting it yields the
@@ -69,9 +74,10 @@ impl MessageService {
         directory: Arc<Directory>,
         acks: Arc<AckService>,
         delivery: Arc<DeliveryHub>,
+        stored: Arc<StoredWatermark>,
     ) -> MessageService {
         let send_limiter = RateLimiter::new(config.send_rate_per_sec, config.send_burst);
-        MessageService { config, ids, store, topic, directory, acks, delivery, send_limiter }
+        MessageService { config, ids, store, topic, directory, acks, delivery, send_limiter, stored }
     }
 
     /// Validates, authorizes, deduplicates and queues a send. The first
@@ -138,10 +144,17 @@ impl MessageService {
         let payload = serde_json::to_vec(&record).map_err(|e| AppError::Unavailable(e.to_string()))?;
         let receipt = serde_json::to_vec(&accepted).map_err(|e| AppError::Unavailable(e.to_string()))?;
         let durable: Durable<PublishOnce> = self.topic.publish_once(key, payload, receipt).await?;
+        let stored = self.stored.clone();
         Ok(Box::pin(async move {
             match durable.await? {
-                PublishOnce::Published(_) => {
+                PublishOnce::Published(offset) => {
                     metrics::counter!("herald_messages_sent_total").increment(1);
+                    // Durable already; waiting for the inbox write too gives
+                    // read-your-writes. Bounded: a slow consumer delays the
+                    // answer, it never loses it.
+                    if !stored.wait_for(offset, STORED_WAIT).await {
+                        tracing::warn!(offset, "answering a send before its inbox write");
+                    }
                     Ok(send_ack(&accepted))
                 }
                 PublishOnce::Duplicate(original) => {

@@ -9,6 +9,7 @@ pub mod directory;
 pub mod messages;
 pub mod rate_limit;
 pub mod redelivery;
+pub mod watermark;
 
 use std::sync::Arc;
 
@@ -21,6 +22,7 @@ pub use delivery::DeliveryHub;
 pub use directory::Directory;
 pub use messages::MessageService;
 pub use redelivery::RedeliveryTracker;
+pub use watermark::StoredWatermark;
 
 /// Every service of one node, shared by controllers and consumers.
 #[derive(Clone)]
@@ -33,5 +35,6 @@ pub struct Services {
     pub acks: Arc<AckService>,
     pub delivery: Arc<DeliveryHub>,
     pub redelivery: Arc<RedeliveryTracker>,
+    pub stored: Arc<StoredWatermark>,
     pub store: Arc<dyn backend::Store>,
 }

@@ -261,7 +261,13 @@ impl Connection {
             Command::Send => self.on_send(frame).await,
             Command::Subscribe => self.on_subscribe(&frame).await.map(|_| self.receipt_for(&frame)),
             Command::Unsubscribe => self.on_unsubscribe(&frame).map(|_| self.receipt_for(&frame)),
-            Command::Ack => self.on_ack(&frame, true).map(|_| self.receipt_for(&frame)),
+            Command::Ack => {
+                let acked = self.on_ack(&frame, true)?;
+                // With a receipt, the ack is applied before the RECEIPT.
+                self.ack_messages(acked, frame.header("receipt").is_some()).await;
+                self.receipt_for(&frame);
+                Ok(())
+            }
             Command::Nack => self.on_ack(&frame, false).map(|_| self.receipt_for(&frame)),
             Command::Begin => self.on_begin(&frame).map(|_| self.receipt_for(&frame)),
             Command::Commit => self.on_commit(&frame).await,
@@ -504,8 +510,9 @@ impl Connection {
                 s.unacked.retain(|_, u| !matches!(u.kind, UnackedKind::Message(m) if message_ids.contains(&m)));
             }
         }
-        match self.services.acks.submit(user_id, command).await {
-            Ok(()) => self.receipt_for(frame),
+        // Applied before answering, so a REST read after the RECEIPT sees it.
+        match self.services.acks.apply(user_id, command).await {
+            Ok(_) => self.receipt_for(frame),
             Err(e) => self.reject(e, None),
         }
         Ok(())
@@ -531,7 +538,9 @@ impl Connection {
 
     // ----- ACK / NACK -----
 
-    fn on_ack(&mut self, frame: &Frame, positive: bool) -> Step {
+    /// Handles ACK/NACK bookkeeping; returns the message ids a positive
+    /// ACK acknowledged (NACKs are handled here).
+    fn on_ack(&mut self, frame: &Frame, positive: bool) -> Result<Vec<u64>, Fatal> {
         let id = frame
             .header("id")
             .or_else(|| frame.header("message-id"))
@@ -542,7 +551,7 @@ impl Connection {
         let conn_id = s.conn_id;
         let Some(entry) = s.unacked.remove(&id) else {
             // Unknown or already acked: acks are idempotent.
-            return Ok(());
+            return Ok(Vec::new());
         };
         let mut acked = vec![entry.kind];
         let cumulative = s.subs.get(&entry.subscription).is_some_and(|sub| sub.ack == AckMode::Client);
@@ -559,15 +568,39 @@ impl Connection {
                 }
             }
         }
-        for kind in acked {
-            let UnackedKind::Message(mid) = kind else { continue };
-            if positive {
-                self.services.acks.ack_soon(user_id, mid, InboxStatus::Delivered);
-            } else {
-                self.nack(user_id, conn_id, mid);
-            }
+        let ids: Vec<u64> = acked
+            .into_iter()
+            .filter_map(|k| match k {
+                UnackedKind::Message(mid) => Some(mid),
+                UnackedKind::Other => None,
+            })
+            .collect();
+        if positive {
+            return Ok(ids);
         }
-        Ok(())
+        for mid in ids {
+            self.nack(user_id, conn_id, mid);
+        }
+        Ok(Vec::new())
+    }
+
+    /// Marks acked messages `delivered`: batched in the background, or
+    /// applied before returning when the client waits for a RECEIPT.
+    async fn ack_messages(&mut self, ids: Vec<u64>, wait: bool) {
+        let Some(user_id) = self.session.as_ref().map(|s| s.user_id) else { return };
+        if ids.is_empty() {
+            return;
+        }
+        if !wait {
+            for mid in ids {
+                self.services.acks.ack_soon(user_id, mid, InboxStatus::Delivered);
+            }
+            return;
+        }
+        let command = AckCommand::Messages { message_ids: ids, status: InboxStatus::Delivered };
+        if let Err(e) = self.services.acks.apply(user_id, command).await {
+            tracing::warn!(error = %e, "ack with receipt was not applied");
+        }
     }
 
     /// A NACK asks for an immediate redelivery to this connection.
