@@ -14,7 +14,10 @@ use crate::consumer::{ack_cycle, message_listener, session_consumer};
 use crate::embedded::{Embedded, SqliteStore, SqliteTopic};
 use crate::model::IdGenerator;
 use crate::service::backend::{DurableTopic, Store};
-use crate::service::{AckService, AuthService, DeliveryHub, Directory, MessageService, RedeliveryTracker, Services, StoredWatermark};
+use crate::service::{
+    AckService, AuthService, DeliveryHub, Directory, MessageService, RedeliveryTracker, Services,
+    StoredWatermark,
+};
 
 /// Events queued between the session consumer and the listener (batches).
 const EVENT_QUEUE: usize = 64;
@@ -42,7 +45,8 @@ fn jwt_secret(cfg: &Config) -> anyhow::Result<Vec<u8>> {
     }
     let secret: [u8; 32] = rand::random();
     let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
-    write_private(&path, hex.as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
+    write_private(&path, hex.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(hex.into_bytes())
 }
 
@@ -61,8 +65,12 @@ impl Node {
     /// Opens the embedded backends under the data dir and starts consumers.
     pub async fn start(cfg: Config) -> anyhow::Result<Node> {
         let cfg = Arc::new(cfg);
-        let db = Embedded::open(&cfg.data_dir, cfg.durability == "full", cfg.commit_batch_max)
-            .with_context(|| format!("cannot open the store in {}", cfg.data_dir.display()))?;
+        let db = Embedded::open(
+            &cfg.data_dir,
+            cfg.durability == "full",
+            cfg.commit_batch_max,
+        )
+        .with_context(|| format!("cannot open the store in {}", cfg.data_dir.display()))?;
         let store: Arc<dyn Store> = Arc::new(SqliteStore::new(&db));
         let session_topic: Arc<dyn DurableTopic> = SqliteTopic::open(&db, "session").await?;
         let ack_topic: Arc<dyn DurableTopic> = SqliteTopic::open(&db, "ack").await?;
@@ -70,7 +78,10 @@ impl Node {
         let ids = Arc::new(IdGenerator::new(cfg.node_id));
         let auth = Arc::new(AuthService::new(&secret, cfg.jwt_ttl_secs)?);
         let directory = Arc::new(Directory::new(store.clone(), auth.clone(), ids.clone()));
-        let delivery = Arc::new(DeliveryHub::new(cfg.max_connections_per_user, cfg.connection_queue));
+        let delivery = Arc::new(DeliveryHub::new(
+            cfg.max_connections_per_user,
+            cfg.connection_queue,
+        ));
         let acks = AckService::start(ack_topic.clone());
         let redelivery = Arc::new(RedeliveryTracker::new(
             Duration::from_millis(cfg.ack_timeout_ms),
@@ -102,7 +113,11 @@ impl Node {
         };
         let (shutdown, _) = watch::channel(false);
         let tasks = start_consumers(&services, &*session_topic, &*ack_topic, &shutdown).await?;
-        Ok(Node { services, shutdown, tasks })
+        Ok(Node {
+            services,
+            shutdown,
+            tasks,
+        })
     }
 
     /// Stops consumers after they drained what was published, then flushes.

@@ -108,11 +108,18 @@ settings! {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("invalid value {value:?} for {key}: {message}")]
-    Value { key: String, value: String, message: String },
+    Value {
+        key: String,
+        value: String,
+        message: String,
+    },
     #[error("invalid configuration: {0}")]
     Invalid(String),
 }
@@ -230,8 +237,15 @@ mod tests {
     fn precedence_is_flags_env_file_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("h.toml");
-        std::fs::write(&file, "ack_timeout_ms = 5\nmax_redeliveries = 2\nlisten = \"1.2.3.4:1\"\n").unwrap();
-        let env = env_of(&[("HERALD_MAX_REDELIVERIES", "7"), ("HERALD_LISTEN", "5.6.7.8:2")]);
+        std::fs::write(
+            &file,
+            "ack_timeout_ms = 5\nmax_redeliveries = 2\nlisten = \"1.2.3.4:1\"\n",
+        )
+        .unwrap();
+        let env = env_of(&[
+            ("HERALD_MAX_REDELIVERIES", "7"),
+            ("HERALD_LISTEN", "5.6.7.8:2"),
+        ]);
         let flags = FlagOverrides {
             listen: Some("9.9.9.9:3".into()),
             data_dir: None,
@@ -245,7 +259,10 @@ mod tests {
 
     #[test]
     fn env_strings_and_bad_values() {
-        let env = env_of(&[("HERALD_JWT_SECRET", "s3cret with spaces"), ("HERALD_DURABILITY", "normal")]);
+        let env = env_of(&[
+            ("HERALD_JWT_SECRET", "s3cret with spaces"),
+            ("HERALD_DURABILITY", "normal"),
+        ]);
         let cfg = Config::load_with(None, &FlagOverrides::default(), &env).unwrap();
         assert_eq!(cfg.jwt_secret, "s3cret with spaces");
         assert_eq!(cfg.durability, "normal");

@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use herald::config::{Config, FlagOverrides};
 
 #[derive(Parser)]
-#[command(name = "herald", version, about = "Herald: a fast, durable instant-messaging server (STOMP 1.2 over WebSocket + REST)")]
+#[command(
+    name = "herald",
+    version,
+    about = "Herald: a fast, durable instant-messaging server (STOMP 1.2 over WebSocket + REST)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -46,7 +50,11 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Command::Serve { listen, data_dir, config } => serve(listen, data_dir, config),
+        Command::Serve {
+            listen,
+            data_dir,
+            config,
+        } => serve(listen, data_dir, config),
     }
 }
 
@@ -60,7 +68,10 @@ fn serve(listen: Option<String>, data_dir: Option<PathBuf>, config: Option<PathB
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("herald: cannot start the runtime: {e}");

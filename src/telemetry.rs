@@ -28,7 +28,9 @@ pub fn metrics_handle() -> PrometheusHandle {
         .get_or_init(|| {
             let builder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
-                .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_size".into()), SIZE_BUCKETS));
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Suffix("_size".into()), SIZE_BUCKETS)
+                });
             let recorder = match builder {
                 Ok(b) => b.build_recorder(),
                 Err(_) => PrometheusBuilder::new().build_recorder(),
@@ -44,16 +46,50 @@ pub fn metrics_handle() -> PrometheusHandle {
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-    describe_counter!("herald_messages_sent_total", "Messages accepted from senders");
-    describe_counter!("herald_messages_delivered_total", "Pushes written to a device");
-    describe_counter!("herald_messages_redelivered_total", "Pushes repeated for lack of an ack");
-    describe_counter!("herald_messages_dead_lettered_total", "Pushes given up after maxRedeliveries");
-    describe_counter!("herald_rejected_sends_total", "Sends rejected, by error code");
-    describe_histogram!("herald_send_to_store_seconds", Unit::Seconds, "From accepting a send to storing it in the inboxes");
-    describe_histogram!("herald_store_to_push_seconds", Unit::Seconds, "From storing a message to writing its push");
-    describe_histogram!("herald_http_request_duration_seconds", Unit::Seconds, "REST request duration");
-    describe_histogram!("herald_store_commit_seconds", Unit::Seconds, "Duration of one group commit");
+    describe_counter!(
+        "herald_messages_sent_total",
+        "Messages accepted from senders"
+    );
+    describe_counter!(
+        "herald_messages_delivered_total",
+        "Pushes written to a device"
+    );
+    describe_counter!(
+        "herald_messages_redelivered_total",
+        "Pushes repeated for lack of an ack"
+    );
+    describe_counter!(
+        "herald_messages_dead_lettered_total",
+        "Pushes given up after maxRedeliveries"
+    );
+    describe_counter!(
+        "herald_rejected_sends_total",
+        "Sends rejected, by error code"
+    );
+    describe_histogram!(
+        "herald_send_to_store_seconds",
+        Unit::Seconds,
+        "From accepting a send to storing it in the inboxes"
+    );
+    describe_histogram!(
+        "herald_store_to_push_seconds",
+        Unit::Seconds,
+        "From storing a message to writing its push"
+    );
+    describe_histogram!(
+        "herald_http_request_duration_seconds",
+        Unit::Seconds,
+        "REST request duration"
+    );
+    describe_histogram!(
+        "herald_store_commit_seconds",
+        Unit::Seconds,
+        "Duration of one group commit"
+    );
     describe_gauge!("herald_ws_connections", "Open WebSocket connections");
     describe_gauge!("herald_online_users", "Users with at least one connection");
-    describe_gauge!("herald_topic_consumer_lag", "Records published but not yet consumed");
+    describe_gauge!(
+        "herald_topic_consumer_lag",
+        "Records published but not yet consumed"
+    );
 }

@@ -887,3 +887,55 @@ async fn concurrent_duplicate_sends_create_one_message() {
     let list = api.wait_visible(&b, &mid).await;
     assert_eq!(list.len(), 1, "exactly one message stored: {list:?}");
 }
+
+/// Read-your-writes: a REST read right after an auto-ack push, or after the
+/// RECEIPT of a STOMP ACK, sees the new status, with no polling.
+#[tokio::test]
+async fn reads_right_after_an_ack_see_it() {
+    let (srv, _g) = server();
+    let api = srv.api();
+    let a = api.new_user().await;
+    let b = api.new_user().await;
+    let mut auto = srv.stomp(&b.token).await;
+    auto.subscribe("/user/queue/message", "auto", "auto").await;
+    for i in 0..5 {
+        let k = api.send_to_user(&a, &b.user_id, &format!("auto {i}")).await;
+        let mid = k["messageId"].as_str().unwrap();
+        let f = auto.recv_message_on("auto", WAIT).await;
+        assert_eq!(f.header("message-id"), Some(mid));
+        assert_eq!(
+            sync_status(&api, &b, mid).await,
+            "delivered",
+            "auto-ack {i}"
+        );
+    }
+    drop(auto);
+
+    let mut manual = srv.stomp(&b.token).await;
+    manual
+        .subscribe("/user/queue/message", "m", "client-individual")
+        .await;
+    for i in 0..5 {
+        let k = api
+            .send_to_user(&a, &b.user_id, &format!("manual {i}"))
+            .await;
+        let mid = k["messageId"].as_str().unwrap();
+        let f = manual.recv_message_on("m", WAIT).await;
+        assert_eq!(
+            sync_status(&api, &b, mid).await,
+            "pending",
+            "not acked yet {i}"
+        );
+        let ack_id = f.header("ack").unwrap().to_string();
+        let receipt = format!("ack-{i}");
+        manual
+            .send_frame(&frame(
+                Command::Ack,
+                &[("id", &ack_id), ("receipt", &receipt)],
+                "",
+            ))
+            .await;
+        manual.recv_receipt(&receipt, WAIT).await;
+        assert_eq!(sync_status(&api, &b, mid).await, "delivered", "acked {i}");
+    }
+}

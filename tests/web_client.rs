@@ -15,7 +15,9 @@ const PAGE: &str = include_str!("../static/index.html");
 async fn root_serves_the_web_client() {
     let srv = TestServer::shared(&SERVER, &[]);
     let _g = srv.log_guard();
-    let r = reqwest::get(format!("{}/", srv.base_url())).await.expect("GET /");
+    let r = reqwest::get(format!("{}/", srv.base_url()))
+        .await
+        .expect("GET /");
     assert_eq!(r.status().as_u16(), 200);
     let ct = r.headers()["content-type"].to_str().unwrap().to_string();
     assert!(ct.starts_with("text/html"), "content-type {ct}");
@@ -25,18 +27,43 @@ async fn root_serves_the_web_client() {
 #[test]
 fn web_client_loads_nothing_from_outside() {
     let lower = PAGE.to_lowercase();
-    for needle in ["src=\"http", "src='http", "href=\"http", "href='http", "src=\"//", "href=\"//", "@import", "url(", "<iframe"] {
-        assert!(!lower.contains(needle), "external resource reference {needle:?} in static/index.html");
+    for needle in [
+        "src=\"http",
+        "src='http",
+        "href=\"http",
+        "href='http",
+        "src=\"//",
+        "href=\"//",
+        "@import",
+        "url(",
+        "<iframe",
+    ] {
+        assert!(
+            !lower.contains(needle),
+            "external resource reference {needle:?} in static/index.html"
+        );
     }
     // Only inline scripts and styles.
     assert!(!lower.contains("<script src"), "external script");
-    assert!(!lower.contains("<link rel=\"stylesheet\""), "external stylesheet");
+    assert!(
+        !lower.contains("<link rel=\"stylesheet\""),
+        "external stylesheet"
+    );
 }
 
 #[test]
 fn web_client_never_renders_html_from_strings() {
-    for needle in ["innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("] {
-        assert!(!PAGE.contains(needle), "{needle} in static/index.html: render user content as text");
+    for needle in [
+        "innerHTML",
+        "outerHTML",
+        "insertAdjacentHTML",
+        "document.write",
+        "eval(",
+    ] {
+        assert!(
+            !PAGE.contains(needle),
+            "{needle} in static/index.html: render user content as text"
+        );
     }
 }
 
@@ -63,6 +90,9 @@ fn web_client_uses_the_contract() {
         "sessionStorage",
         "randomUUID",
     ] {
-        assert!(PAGE.contains(needle), "static/index.html should contain {needle:?}");
+        assert!(
+            PAGE.contains(needle),
+            "static/index.html should contain {needle:?}"
+        );
     }
 }

@@ -39,7 +39,9 @@ pub async fn run_acks(
                 continue;
             }
         };
-        let Some(last) = records.last().map(|r| r.offset) else { continue };
+        let Some(last) = records.last().map(|r| r.offset) else {
+            continue;
+        };
         let batch: Vec<AckRecord> = records
             .iter()
             .filter_map(|r| match serde_json::from_slice(&r.payload) {
@@ -57,6 +59,7 @@ pub async fn run_acks(
                 acks.complete(token, outcome);
             }
         }
+        acks.applied_up_to(last);
         if let Err(e) = consumer.commit(last).await {
             tracing::warn!(error = %e, "ack offset commit failed; records will be re-read");
         }

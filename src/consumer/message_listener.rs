@@ -25,7 +25,11 @@ fn push_one(hub: &DeliveryHub, sent: &MessageSent) {
     let doc = &sent.stored.doc;
     for r in &sent.stored.recipients {
         // The sending device has its SendAck; the sender's others get the push.
-        let except = if r.user_id == doc.sender_id { sent.origin_conn } else { None };
+        let except = if r.user_id == doc.sender_id {
+            sent.origin_conn
+        } else {
+            None
+        };
         if !hub.has_device_besides(r.user_id, except) {
             continue;
         }

@@ -46,7 +46,9 @@ pub async fn run(
                 continue;
             }
         };
-        let Some(last) = records.last().map(|r| r.offset) else { continue };
+        let Some(last) = records.last().map(|r| r.offset) else {
+            continue;
+        };
         let mut origins = HashMap::with_capacity(records.len());
         let batch: Vec<SendRecord> = records
             .iter()
@@ -73,7 +75,11 @@ pub async fn run(
                 let delay = (now - s.accepted_at_ms).max(0) as f64 / 1000.0;
                 metrics::histogram!("herald_send_to_store_seconds").record(delay);
                 let origin_conn = origins.get(&s.doc.message_id).copied().flatten();
-                MessageSent { stored: s, origin_conn, stored_at }
+                MessageSent {
+                    stored: s,
+                    origin_conn,
+                    stored_at,
+                }
             })
             .collect();
         if !sent.is_empty() && events.send(sent).await.is_err() {
@@ -82,7 +88,8 @@ pub async fn run(
         if let Err(e) = consumer.commit(last).await {
             tracing::warn!(error = %e, "session offset commit failed; records will be re-read");
         }
-        metrics::gauge!("herald_topic_consumer_lag", "topic" => "session").set(consumer.lag() as f64);
+        metrics::gauge!("herald_topic_consumer_lag", "topic" => "session")
+            .set(consumer.lag() as f64);
     }
     tracing::info!("session consumer stopped");
 }

@@ -11,7 +11,9 @@ use std::time::Instant;
 use metrics_exporter_prometheus::PrometheusHandle;
 use poem::http::StatusCode;
 use poem::web::Data;
-use poem::{get, handler, Endpoint, EndpointExt, IntoEndpoint, IntoResponse, Request, Response, Route};
+use poem::{
+    get, handler, Endpoint, EndpointExt, IntoEndpoint, IntoResponse, Request, Response, Route,
+};
 use tracing::Instrument;
 
 use crate::service::rate_limit::RateLimiter;
@@ -101,7 +103,13 @@ fn route_label(path: &str) -> String {
         return "/docs".into();
     }
     path.split('/')
-        .map(|seg| if !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()) { "{id}" } else { seg })
+        .map(|seg| {
+            if !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()) {
+                "{id}"
+            } else {
+                seg
+            }
+        })
         .collect::<Vec<_>>()
         .join("/")
 }
@@ -137,7 +145,10 @@ fn web_client() -> Response {
 mod tests {
     #[test]
     fn route_labels_hide_ids() {
-        assert_eq!(super::route_label("/api/v1/groups/123/members/45"), "/api/v1/groups/{id}/members/{id}");
+        assert_eq!(
+            super::route_label("/api/v1/groups/123/members/45"),
+            "/api/v1/groups/{id}/members/{id}"
+        );
         assert_eq!(super::route_label("/docs/index.css"), "/docs");
     }
 }

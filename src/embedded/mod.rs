@@ -28,9 +28,14 @@ pub struct Embedded {
 
 impl Embedded {
     /// Opens (creating if needed) `herald.db` in `data_dir`.
-    pub fn open(data_dir: &Path, durability_full: bool, batch_max: usize) -> BackendResult<Embedded> {
-        std::fs::create_dir_all(data_dir)
-            .map_err(|e| crate::error::BackendError::Other(format!("cannot create {}: {e}", data_dir.display())))?;
+    pub fn open(
+        data_dir: &Path,
+        durability_full: bool,
+        batch_max: usize,
+    ) -> BackendResult<Embedded> {
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            crate::error::BackendError::Other(format!("cannot create {}: {e}", data_dir.display()))
+        })?;
         let path = data_dir.join("herald.db");
         let conn = schema::open_write(&path, durability_full)?;
         let writer = Writer::start(conn, batch_max)?;

@@ -38,7 +38,10 @@ impl ReadPool {
     }
 
     /// Runs `f` with a read connection on the current thread.
-    pub fn read_blocking<R>(&self, f: impl FnOnce(&Connection) -> BackendResult<R>) -> BackendResult<R> {
+    pub fn read_blocking<R>(
+        &self,
+        f: impl FnOnce(&Connection) -> BackendResult<R>,
+    ) -> BackendResult<R> {
         let conn = match self.idle.lock().pop() {
             Some(c) => c,
             None => schema::open_read(&self.path)?,

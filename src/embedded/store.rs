@@ -59,7 +59,11 @@ fn message_from_row(r: &Row, at: usize) -> rusqlite::Result<MessageDoc> {
 }
 
 /// Rows of `SELECT i.inbox_seq, i.status, <MESSAGE_COLUMNS> FROM inbox i JOIN messages m ...`.
-fn inbox_query(c: &Connection, where_and_order: &str, args: &[&dyn rusqlite::ToSql]) -> BackendResult<Vec<InboxMessage>> {
+fn inbox_query(
+    c: &Connection,
+    where_and_order: &str,
+    args: &[&dyn rusqlite::ToSql],
+) -> BackendResult<Vec<InboxMessage>> {
     let sql = format!(
         "SELECT i.inbox_seq, i.status, {MESSAGE_COLUMNS} FROM inbox i \
          JOIN messages m ON m.message_id = i.message_id {where_and_order}"
@@ -86,10 +90,13 @@ fn user_from_row(r: &Row) -> rusqlite::Result<User> {
 }
 
 fn group_members(c: &Connection, group_id: u64) -> BackendResult<Vec<u64>> {
-    let mut stmt =
-        c.prepare_cached("SELECT user_id FROM group_members WHERE group_id = ? ORDER BY joined_at, user_id")?;
+    let mut stmt = c.prepare_cached(
+        "SELECT user_id FROM group_members WHERE group_id = ? ORDER BY joined_at, user_id",
+    )?;
     let rows = stmt.query_map([group_id as i64], |r| r.get::<_, i64>(0))?;
-    Ok(rows.map(|r| r.map(|v| v as u64)).collect::<Result<Vec<_>, _>>()?)
+    Ok(rows
+        .map(|r| r.map(|v| v as u64))
+        .collect::<Result<Vec<_>, _>>()?)
 }
 
 fn load_group(c: &Connection, group_id: u64) -> BackendResult<Option<Group>> {
@@ -242,7 +249,11 @@ fn store_batch(c: &Connection, records: Vec<SendRecord>) -> BackendResult<Vec<St
         for user_id in recipients {
             let inbox_seq = counters.next_inbox_seq(c, user_id)?;
             // The sender's own copy is read already: it only serves sync.
-            let status = if user_id == doc.sender_id { InboxStatus::Read } else { InboxStatus::Pending };
+            let status = if user_id == doc.sender_id {
+                InboxStatus::Read
+            } else {
+                InboxStatus::Pending
+            };
             ins.execute(params![
                 user_id as i64,
                 inbox_seq,
@@ -251,7 +262,11 @@ fn store_batch(c: &Connection, records: Vec<SendRecord>) -> BackendResult<Vec<St
                 doc.seq,
                 status.code()
             ])?;
-            refs.push(InboxRef { user_id, inbox_seq, status });
+            refs.push(InboxRef {
+                user_id,
+                inbox_seq,
+                status,
+            });
         }
         out.push(StoredMessage {
             doc: Arc::new(doc),
@@ -264,21 +279,29 @@ fn store_batch(c: &Connection, records: Vec<SendRecord>) -> BackendResult<Vec<St
 }
 
 fn status_of(c: &Connection, user_id: u64, message_id: u64) -> BackendResult<Option<InboxStatus>> {
-    Ok(c
-        .prepare_cached("SELECT status FROM inbox WHERE user_id = ? AND message_id = ?")?
-        .query_row([user_id as i64, message_id as i64], |r| r.get::<_, i64>(0))
-        .optional()?
-        .map(InboxStatus::from_code))
+    Ok(
+        c.prepare_cached("SELECT status FROM inbox WHERE user_id = ? AND message_id = ?")?
+            .query_row([user_id as i64, message_id as i64], |r| r.get::<_, i64>(0))
+            .optional()?
+            .map(InboxStatus::from_code),
+    )
 }
 
 fn apply_ack(c: &Connection, ack: &AckRecord) -> BackendResult<AckOutcome> {
     let mut out = AckOutcome::default();
     let user = ack.user_id as i64;
     match &ack.command {
-        AckCommand::Messages { message_ids, status } => {
-            let mut upd = c.prepare_cached("UPDATE inbox SET status = ? WHERE user_id = ? AND message_id = ?")?;
+        AckCommand::Messages {
+            message_ids,
+            status,
+        } => {
+            let mut upd = c.prepare_cached(
+                "UPDATE inbox SET status = ? WHERE user_id = ? AND message_id = ?",
+            )?;
             for &mid in message_ids {
-                let Some(old) = status_of(c, ack.user_id, mid)? else { continue };
+                let Some(old) = status_of(c, ack.user_id, mid)? else {
+                    continue;
+                };
                 if old < *status {
                     upd.execute(params![status.code(), user, mid as i64])?;
                     out.updated += 1;
@@ -288,7 +311,10 @@ fn apply_ack(c: &Connection, ack: &AckRecord) -> BackendResult<AckOutcome> {
                 }
             }
         }
-        AckCommand::SessionRead { session_id, up_to_seq } => {
+        AckCommand::SessionRead {
+            session_id,
+            up_to_seq,
+        } => {
             let up_to = up_to_seq.unwrap_or(i64::MAX);
             let mut sel = c.prepare_cached(
                 "SELECT message_id, status FROM inbox WHERE user_id = ? AND session_id = ? AND seq <= ? AND status < 2",
@@ -312,12 +338,21 @@ fn apply_ack(c: &Connection, ack: &AckRecord) -> BackendResult<AckOutcome> {
     Ok(out)
 }
 
-fn recall_in(c: &Connection, message_id: u64, sender_id: u64, not_before: i64) -> BackendResult<RecallOutcome> {
+fn recall_in(
+    c: &Connection,
+    message_id: u64,
+    sender_id: u64,
+    not_before: i64,
+) -> BackendResult<RecallOutcome> {
     let doc = c
-        .prepare_cached(&format!("SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.message_id = ?"))?
+        .prepare_cached(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.message_id = ?"
+        ))?
         .query_row([message_id as i64], |r| message_from_row(r, 0))
         .optional()?;
-    let Some(mut doc) = doc else { return Ok(RecallOutcome::NotFound) };
+    let Some(mut doc) = doc else {
+        return Ok(RecallOutcome::NotFound);
+    };
     if doc.sender_id != sender_id {
         return Ok(RecallOutcome::NotSender);
     }
@@ -373,7 +408,9 @@ fn sessions_of(c: &Connection, user_id: u64) -> BackendResult<Vec<SessionSummary
         let mut st = c.prepare_cached(
             "SELECT session_id, count(*) FROM inbox WHERE user_id = ? AND status < 2 GROUP BY session_id",
         )?;
-        let rows = st.query_map([uid], |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)?)))?;
+        let rows = st.query_map([uid], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)?))
+        })?;
         for row in rows {
             let (sid, n) = row?;
             unread.insert(sid, n);
@@ -439,7 +476,11 @@ impl Store for SqliteStore {
                 let mut stmt = c.prepare_cached("SELECT 1 FROM users WHERE user_id = ?")?;
                 let mut found = Vec::with_capacity(ids.len());
                 for id in ids {
-                    if stmt.query_row([id as i64], |_| Ok(())).optional()?.is_some() {
+                    if stmt
+                        .query_row([id as i64], |_| Ok(()))
+                        .optional()?
+                        .is_some()
+                    {
                         found.push(id);
                     }
                 }
@@ -498,11 +539,19 @@ impl Store for SqliteStore {
     }
 
     async fn single_session(&self, a: u64, b: u64, new_id: u64) -> BackendResult<u64> {
-        let (lo, hi) = if a < b { (a as i64, b as i64) } else { (b as i64, a as i64) };
+        let (lo, hi) = if a < b {
+            (a as i64, b as i64)
+        } else {
+            (b as i64, a as i64)
+        };
         let find = "SELECT session_id FROM sessions WHERE session_type = 1 AND user_lo = ? AND user_hi = ?";
         let existing = self
             .readers
-            .read(move |c| Ok(c.prepare_cached(find)?.query_row([lo, hi], |r| r.get::<_, i64>(0)).optional()?))
+            .read(move |c| {
+                Ok(c.prepare_cached(find)?
+                    .query_row([lo, hi], |r| r.get::<_, i64>(0))
+                    .optional()?)
+            })
             .await?;
         if let Some(id) = existing {
             return Ok(id as u64);
@@ -550,7 +599,12 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn recall(&self, message_id: u64, sender_id: u64, not_before_ms: i64) -> BackendResult<RecallOutcome> {
+    async fn recall(
+        &self,
+        message_id: u64,
+        sender_id: u64,
+        not_before_ms: i64,
+    ) -> BackendResult<RecallOutcome> {
         self.writer
             .write(move |c| recall_in(c, message_id, sender_id, not_before_ms))
             .await
@@ -559,14 +613,22 @@ impl Store for SqliteStore {
     async fn message(&self, message_id: u64) -> BackendResult<Option<MessageDoc>> {
         self.readers
             .read(move |c| {
-                Ok(c.prepare_cached(&format!("SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.message_id = ?"))?
-                    .query_row([message_id as i64], |r| message_from_row(r, 0))
-                    .optional()?)
+                Ok(c.prepare_cached(&format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.message_id = ?"
+                ))?
+                .query_row([message_id as i64], |r| message_from_row(r, 0))
+                .optional()?)
             })
             .await
     }
 
-    async fn pull(&self, user_id: u64, session_id: u64, after_seq: i64, limit: usize) -> BackendResult<Vec<InboxMessage>> {
+    async fn pull(
+        &self,
+        user_id: u64,
+        session_id: u64,
+        after_seq: i64,
+        limit: usize,
+    ) -> BackendResult<Vec<InboxMessage>> {
         self.readers
             .read(move |c| {
                 inbox_query(
@@ -578,7 +640,13 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn history(&self, user_id: u64, session_id: u64, before_seq: Option<i64>, limit: usize) -> BackendResult<Vec<InboxMessage>> {
+    async fn history(
+        &self,
+        user_id: u64,
+        session_id: u64,
+        before_seq: Option<i64>,
+        limit: usize,
+    ) -> BackendResult<Vec<InboxMessage>> {
         let before = before_seq.unwrap_or(i64::MAX);
         self.readers
             .read(move |c| {
@@ -610,7 +678,12 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn sync(&self, user_id: u64, after_inbox_seq: i64, limit: usize) -> BackendResult<Vec<InboxMessage>> {
+    async fn sync(
+        &self,
+        user_id: u64,
+        after_inbox_seq: i64,
+        limit: usize,
+    ) -> BackendResult<Vec<InboxMessage>> {
         self.readers
             .read(move |c| {
                 inbox_query(
@@ -622,7 +695,11 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn inbox_messages(&self, user_id: u64, message_ids: &[u64]) -> BackendResult<Vec<InboxMessage>> {
+    async fn inbox_messages(
+        &self,
+        user_id: u64,
+        message_ids: &[u64],
+    ) -> BackendResult<Vec<InboxMessage>> {
         let ids = message_ids.to_vec();
         self.readers
             .read(move |c| {
@@ -644,7 +721,9 @@ impl Store for SqliteStore {
     }
 
     async fn ping(&self) -> BackendResult<()> {
-        self.readers.read(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?)).await?;
+        self.readers
+            .read(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?))
+            .await?;
         self.writer.flush().await
     }
 

@@ -37,7 +37,11 @@ impl SqliteTopic {
                 let sql = format!("SELECT coalesce(max(offset), 0) FROM {t}");
                 let max: i64 = c.query_row(&sql, [], |r| r.get(0))?;
                 let seq: Option<i64> = c
-                    .query_row("SELECT seq FROM sqlite_sequence WHERE name = ?", [&t], |r| r.get(0))
+                    .query_row(
+                        "SELECT seq FROM sqlite_sequence WHERE name = ?",
+                        [&t],
+                        |r| r.get(0),
+                    )
                     .optional()?;
                 Ok(max.max(seq.unwrap_or(0)) as u64)
             })
@@ -83,7 +87,9 @@ impl DurableTopic for SqliteTopic {
                 move |offset| Self::advance_head(&head, *offset),
             )
             .await?;
-        Ok(Box::pin(async move { rx.await.map_err(|_| BackendError::Closed)? }))
+        Ok(Box::pin(async move {
+            rx.await.map_err(|_| BackendError::Closed)?
+        }))
     }
 
     async fn publish_once(
@@ -100,7 +106,9 @@ impl DurableTopic for SqliteTopic {
                 move |c| {
                     // Insert-first: the common case (a new key) costs no read.
                     let fresh = c
-                        .prepare_cached("INSERT OR IGNORE INTO idempotency(key, receipt) VALUES (?, ?)")?
+                        .prepare_cached(
+                            "INSERT OR IGNORE INTO idempotency(key, receipt) VALUES (?, ?)",
+                        )?
                         .execute(params![key, receipt])?
                         == 1;
                     if !fresh {
@@ -120,7 +128,9 @@ impl DurableTopic for SqliteTopic {
                 },
             )
             .await?;
-        Ok(Box::pin(async move { rx.await.map_err(|_| BackendError::Closed)? }))
+        Ok(Box::pin(async move {
+            rx.await.map_err(|_| BackendError::Closed)?
+        }))
     }
 
     async fn consumer(&self, group: &str) -> BackendResult<Box<dyn TopicConsumer>> {

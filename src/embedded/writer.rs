@@ -63,7 +63,10 @@ impl Writer {
             });
             (ok, completion)
         });
-        self.jobs.send(job).await.map_err(|_| BackendError::Closed)?;
+        self.jobs
+            .send(job)
+            .await
+            .map_err(|_| BackendError::Closed)?;
         Ok(rx)
     }
 
@@ -125,7 +128,8 @@ fn commit_batch(conn: &Connection, batch: &mut Vec<Job>) {
                 let end = if ok {
                     exec_cached(conn, "RELEASE job")
                 } else {
-                    exec_cached(conn, "ROLLBACK TO job").and_then(|_| exec_cached(conn, "RELEASE job"))
+                    exec_cached(conn, "ROLLBACK TO job")
+                        .and_then(|_| exec_cached(conn, "RELEASE job"))
                 };
                 if let Err(e) = end {
                     tracing::error!(error = %e, "savepoint end failed");
@@ -160,7 +164,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");
         let conn = super::super::schema::open_write(&path, false).unwrap();
-        conn.execute_batch("CREATE TABLE t(v INTEGER UNIQUE)").unwrap();
+        conn.execute_batch("CREATE TABLE t(v INTEGER UNIQUE)")
+            .unwrap();
         (dir, Writer::start(conn, 64).unwrap(), path)
     }
 
@@ -170,7 +175,10 @@ mod tests {
         let mut pending = Vec::new();
         for v in [1, 2, 1, 3] {
             let rx = w
-                .enqueue(move |c| Ok(c.execute("INSERT INTO t(v) VALUES(?)", [v])?), |_| {})
+                .enqueue(
+                    move |c| Ok(c.execute("INSERT INTO t(v) VALUES(?)", [v])?),
+                    |_| {},
+                )
                 .await
                 .unwrap();
             pending.push(rx);
@@ -181,7 +189,9 @@ mod tests {
         }
         assert_eq!(results, vec![true, true, false, true]);
         let conn = Connection::open(path).unwrap();
-        let n: i64 = conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(n, 3);
     }
 
@@ -190,17 +200,24 @@ mod tests {
         let (_dir, w, _path) = writer();
         let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let h = hits.clone();
-        w.enqueue(|_| Ok(1), move |_| { h.fetch_add(1, std::sync::atomic::Ordering::SeqCst); })
-            .await
-            .unwrap()
-            .await
-            .unwrap()
-            .unwrap();
+        w.enqueue(
+            |_| Ok(1),
+            move |_| {
+                h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            },
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap()
+        .unwrap();
         let h = hits.clone();
         let failed = w
             .enqueue(
                 |_| Err::<(), _>(BackendError::Other("no".into())),
-                move |_| { h.fetch_add(1, std::sync::atomic::Ordering::SeqCst); },
+                move |_| {
+                    h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                },
             )
             .await
             .unwrap()

@@ -31,7 +31,11 @@ impl IdGenerator {
         let candidate = now << SEQ_BITS;
         let mut prev = self.state.load(Ordering::Relaxed);
         loop {
-            let next = if candidate > prev { candidate } else { prev + 1 };
+            let next = if candidate > prev {
+                candidate
+            } else {
+                prev + 1
+            };
             match self
                 .state
                 .compare_exchange_weak(prev, next, Ordering::Relaxed, Ordering::Relaxed)
@@ -60,7 +64,9 @@ pub fn parse_id(field: &str, value: &str) -> Result<u64, AppError> {
     let ok = !value.is_empty() && value.len() <= 20 && value.bytes().all(|b| b.is_ascii_digit());
     match value.parse::<u64>() {
         Ok(id) if ok && id > 0 => Ok(id),
-        _ => Err(AppError::invalid(format!("{field} must be a string of decimal digits"))),
+        _ => Err(AppError::invalid(format!(
+            "{field} must be a string of decimal digits"
+        ))),
     }
 }
 

@@ -164,9 +164,15 @@ pub struct AcceptedSend {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub enum AckCommand {
     /// Mark these messages (by id) at least `status`.
-    Messages { message_ids: Vec<u64>, status: InboxStatus },
+    Messages {
+        message_ids: Vec<u64>,
+        status: InboxStatus,
+    },
     /// Mark the session's messages up to `up_to_seq` (all if `None`) read.
-    SessionRead { session_id: u64, up_to_seq: Option<i64> },
+    SessionRead {
+        session_id: u64,
+        up_to_seq: Option<i64>,
+    },
 }
 
 /// What travels on the ack topic.

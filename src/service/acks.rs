@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::backend::DurableTopic;
 use crate::error::{AppError, AppResult};
@@ -25,7 +25,17 @@ pub struct AckService {
     waiters: Mutex<HashMap<u64, oneshot::Sender<AckOutcome>>>,
     next_token: AtomicU64,
     soon: mpsc::Sender<(u64, u64, InboxStatus)>,
+    /// Acks accepted by `ack_soon` so far.
+    soon_queued: AtomicU64,
+    /// (acks of `ack_soon` published so far, highest offset they used).
+    soon_published: watch::Sender<(u64, u64)>,
+    /// Highest ack-topic offset the ack-cycle consumer has applied.
+    applied: watch::Sender<u64>,
 }
+
+/// Longest wait of `settle`: a stalled ack pipeline delays reads, never
+/// blocks them.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Parses an `ackType` (`received` or `read`).
 pub fn parse_ack_type(s: &str) -> AppResult<InboxStatus> {
@@ -53,6 +63,9 @@ impl AckService {
             waiters: Mutex::new(HashMap::new()),
             next_token: AtomicU64::new(1),
             soon,
+            soon_queued: AtomicU64::new(0),
+            soon_published: watch::channel((0, 0)).0,
+            applied: watch::channel(0).0,
         });
         tokio::spawn(batch_loop(Arc::downgrade(&svc), rx));
         svc
@@ -63,7 +76,11 @@ impl AckService {
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.waiters.lock().insert(token, tx);
-        let record = AckRecord { user_id, command, reply_token: Some(token) };
+        let record = AckRecord {
+            user_id,
+            command,
+            reply_token: Some(token),
+        };
         let published = self.publish(&record).await;
         if let Err(e) = published {
             self.waiters.lock().remove(&token);
@@ -81,10 +98,42 @@ impl AckService {
     /// Queues a single-message ack to be published with others shortly
     /// (auto-ack on write, STOMP ACK frames): the hot path, never waits.
     pub fn ack_soon(&self, user_id: u64, message_id: u64, status: InboxStatus) {
-        if self.soon.try_send((user_id, message_id, status)).is_err() {
+        if self.soon.try_send((user_id, message_id, status)).is_ok() {
+            self.soon_queued.fetch_add(1, Ordering::Relaxed);
+        } else {
             // The entry stays pending: redelivery or sync recovers it.
             metrics::counter!("herald_acks_dropped_total").increment(1);
         }
+    }
+
+    /// Waits until every ack queued by `ack_soon` before this call is
+    /// applied, so a read that follows an ACK frame sees its effect.
+    pub async fn settle(&self) {
+        let queued = self.soon_queued.load(Ordering::Relaxed);
+        let mut published = self.soon_published.subscribe();
+        let offset =
+            match tokio::time::timeout(SETTLE_TIMEOUT, published.wait_for(|(n, _)| *n >= queued))
+                .await
+            {
+                Ok(Ok(state)) => state.1,
+                _ => return,
+            };
+        if offset == 0 {
+            return;
+        }
+        let mut applied = self.applied.subscribe();
+        let _ = tokio::time::timeout(SETTLE_TIMEOUT, applied.wait_for(|a| *a >= offset)).await;
+    }
+
+    /// The ack-cycle consumer applied everything up to `offset`.
+    pub fn applied_up_to(&self, offset: u64) {
+        self.applied.send_if_modified(|a| {
+            let advanced = offset > *a;
+            if advanced {
+                *a = offset;
+            }
+            advanced
+        });
     }
 
     /// Hands the outcome of a record to its waiting caller, if any.
@@ -95,14 +144,18 @@ impl AckService {
     }
 
     async fn publish(&self, record: &AckRecord) -> AppResult<()> {
-        let payload = serde_json::to_vec(record).map_err(|e| AppError::Unavailable(e.to_string()))?;
+        let payload =
+            serde_json::to_vec(record).map_err(|e| AppError::Unavailable(e.to_string()))?;
         let durable = self.topic.publish(payload).await?;
         durable.await?;
         Ok(())
     }
 }
 
-async fn batch_loop(svc: std::sync::Weak<AckService>, mut rx: mpsc::Receiver<(u64, u64, InboxStatus)>) {
+async fn batch_loop(
+    svc: std::sync::Weak<AckService>,
+    mut rx: mpsc::Receiver<(u64, u64, InboxStatus)>,
+) {
     let mut buf = Vec::with_capacity(BATCH_MAX);
     while let Some(first) = rx.recv().await {
         buf.push(first);
@@ -114,6 +167,7 @@ async fn batch_loop(svc: std::sync::Weak<AckService>, mut rx: mpsc::Receiver<(u6
             }
         }
         let Some(svc) = svc.upgrade() else { return };
+        let items = buf.len() as u64;
         let mut grouped: HashMap<(u64, InboxStatus), Vec<u64>> = HashMap::new();
         for (user, mid, status) in buf.drain(..) {
             grouped.entry((user, status)).or_default().push(mid);
@@ -123,7 +177,10 @@ async fn batch_loop(svc: std::sync::Weak<AckService>, mut rx: mpsc::Receiver<(u6
         for ((user_id, status), message_ids) in grouped {
             let record = AckRecord {
                 user_id,
-                command: AckCommand::Messages { message_ids, status },
+                command: AckCommand::Messages {
+                    message_ids,
+                    status,
+                },
                 reply_token: None,
             };
             let queued = match serde_json::to_vec(&record) {
@@ -135,10 +192,17 @@ async fn batch_loop(svc: std::sync::Weak<AckService>, mut rx: mpsc::Receiver<(u6
                 Err(e) => tracing::warn!(error = %e, "could not publish acks"),
             }
         }
+        let mut highest = 0;
         for result in futures_util::future::join_all(durables).await {
-            if let Err(e) = result {
-                tracing::warn!(error = %e, "acks were not committed");
+            match result {
+                Ok(offset) => highest = highest.max(offset),
+                Err(e) => tracing::warn!(error = %e, "acks were not committed"),
             }
         }
+        // Failed items count as done too: `settle` must not wait for them.
+        svc.soon_published.send_modify(|(n, max)| {
+            *n += items;
+            *max = (*max).max(highest);
+        });
     }
 }

@@ -1,6 +1,8 @@
 //! Passwords (argon2id) and tokens (HS256 JWTs with expiry).
 
-use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{
+    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
+};
 use argon2::Argon2;
 use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -61,7 +63,11 @@ impl AuthService {
         let hash = hash.unwrap_or_else(|| self.dummy_hash.clone());
         let ok = tokio::task::spawn_blocking(move || {
             PasswordHash::new(&hash)
-                .map(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+                .map(|parsed| {
+                    Argon2::default()
+                        .verify_password(password.as_bytes(), &parsed)
+                        .is_ok()
+                })
                 .unwrap_or(false)
         })
         .await
@@ -97,11 +103,14 @@ impl AuthService {
 
     /// The user id of an `Authorization` header value (`Bearer <token>`).
     pub fn verify_bearer(&self, header: Option<&str>) -> AppResult<u64> {
-        let header = header.ok_or_else(|| AppError::Unauthenticated("missing Authorization header".into()))?;
+        let header = header
+            .ok_or_else(|| AppError::Unauthenticated("missing Authorization header".into()))?;
         let token = header
             .strip_prefix("Bearer ")
             .or_else(|| header.strip_prefix("bearer "))
-            .ok_or_else(|| AppError::Unauthenticated("Authorization must be `Bearer <token>`".into()))?;
+            .ok_or_else(|| {
+                AppError::Unauthenticated("Authorization must be `Bearer <token>`".into())
+            })?;
         self.verify(token)
     }
 }
@@ -123,7 +132,11 @@ mod tests {
         let auth = AuthService::new(b"0123456789abcdef0123456789abcdef", 60).unwrap();
         let t = auth.issue(42).unwrap();
         assert_eq!(auth.verify(&t.token).unwrap(), 42);
-        assert_eq!(auth.verify_bearer(Some(&format!("Bearer {}", t.token))).unwrap(), 42);
+        assert_eq!(
+            auth.verify_bearer(Some(&format!("Bearer {}", t.token)))
+                .unwrap(),
+            42
+        );
         let other = AuthService::new(b"another-secret-another-secret-xx", 60).unwrap();
         assert!(other.verify(&t.token).is_err());
         assert!(auth.verify("garbage").is_err());
@@ -134,7 +147,11 @@ mod tests {
     #[tokio::test]
     async fn expired_tokens_are_rejected() {
         let auth = AuthService::new(b"0123456789abcdef0123456789abcdef", 0).unwrap();
-        let claims = Claims { sub: "7".into(), exp: 1_000, iat: 900 };
+        let claims = Claims {
+            sub: "7".into(),
+            exp: 1_000,
+            iat: 900,
+        };
         let token = encode(&Header::new(Algorithm::HS256), &claims, &auth.encoding).unwrap();
         assert!(auth.verify(&token).is_err());
     }
@@ -144,8 +161,15 @@ mod tests {
         let auth = AuthService::new(b"0123456789abcdef0123456789abcdef", 60).unwrap();
         let h = auth.hash_password("correct horse".into()).await.unwrap();
         assert!(h.starts_with("$argon2id$"));
-        assert!(auth.verify_password("correct horse".into(), Some(h.clone())).await);
+        assert!(
+            auth.verify_password("correct horse".into(), Some(h.clone()))
+                .await
+        );
         assert!(!auth.verify_password("wrong".into(), Some(h)).await);
-        assert!(!auth.verify_password("herald-timing-equalizer".into(), None).await);
+        assert!(
+            !auth
+                .verify_password("herald-timing-equalizer".into(), None)
+                .await
+        );
     }
 }

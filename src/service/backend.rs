@@ -38,25 +38,46 @@ pub trait Store: Send + Sync + 'static {
     async fn apply_acks(&self, acks: Vec<AckRecord>) -> BackendResult<Vec<AckOutcome>>;
     /// Marks the message recalled if `sender_id` sent it at or after
     /// `not_before_ms`.
-    async fn recall(&self, message_id: u64, sender_id: u64, not_before_ms: i64)
-        -> BackendResult<RecallOutcome>;
+    async fn recall(
+        &self,
+        message_id: u64,
+        sender_id: u64,
+        not_before_ms: i64,
+    ) -> BackendResult<RecallOutcome>;
 
     async fn message(&self, message_id: u64) -> BackendResult<Option<MessageDoc>>;
     /// The caller's entries of `session_id` with `seq > after_seq`, ascending.
-    async fn pull(&self, user_id: u64, session_id: u64, after_seq: i64, limit: usize)
-        -> BackendResult<Vec<InboxMessage>>;
+    async fn pull(
+        &self,
+        user_id: u64,
+        session_id: u64,
+        after_seq: i64,
+        limit: usize,
+    ) -> BackendResult<Vec<InboxMessage>>;
     /// The caller's entries of `session_id` with `seq < before_seq`, the
     /// newest `limit` of them, ascending.
-    async fn history(&self, user_id: u64, session_id: u64, before_seq: Option<i64>, limit: usize)
-        -> BackendResult<Vec<InboxMessage>>;
+    async fn history(
+        &self,
+        user_id: u64,
+        session_id: u64,
+        before_seq: Option<i64>,
+        limit: usize,
+    ) -> BackendResult<Vec<InboxMessage>>;
     /// The oldest `limit` unread entries and the count of all unread ones.
     async fn unread(&self, user_id: u64, limit: usize) -> BackendResult<(Vec<InboxMessage>, i64)>;
     /// Entries with `inbox_seq > after`, ascending.
-    async fn sync(&self, user_id: u64, after_inbox_seq: i64, limit: usize)
-        -> BackendResult<Vec<InboxMessage>>;
+    async fn sync(
+        &self,
+        user_id: u64,
+        after_inbox_seq: i64,
+        limit: usize,
+    ) -> BackendResult<Vec<InboxMessage>>;
     /// The user's inbox entries for these messages (missing ones omitted).
-    async fn inbox_messages(&self, user_id: u64, message_ids: &[u64])
-        -> BackendResult<Vec<InboxMessage>>;
+    async fn inbox_messages(
+        &self,
+        user_id: u64,
+        message_ids: &[u64],
+    ) -> BackendResult<Vec<InboxMessage>>;
     async fn sessions(&self, user_id: u64) -> BackendResult<Vec<SessionSummary>>;
 
     /// Answers when the backend can serve.
@@ -95,8 +116,12 @@ pub trait DurableTopic: Send + Sync + 'static {
     async fn publish(&self, payload: Vec<u8>) -> BackendResult<Durable<u64>>;
     /// Like `publish`, but at most once per `key`: a repeat gets the
     /// `receipt` stored by the first publish instead.
-    async fn publish_once(&self, key: String, payload: Vec<u8>, receipt: Vec<u8>)
-        -> BackendResult<Durable<PublishOnce>>;
+    async fn publish_once(
+        &self,
+        key: String,
+        payload: Vec<u8>,
+        receipt: Vec<u8>,
+    ) -> BackendResult<Durable<PublishOnce>>;
     /// A consumer of `group`, resuming after its committed offset.
     async fn consumer(&self, group: &str) -> BackendResult<Box<dyn TopicConsumer>>;
 }

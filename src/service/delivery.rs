@@ -100,7 +100,11 @@ impl DeliveryHub {
                 self.max_per_user
             )));
         }
-        list.push(Device { conn_id, tx, kill: kill.clone() });
+        list.push(Device {
+            conn_id,
+            tx,
+            kill: kill.clone(),
+        });
         let online = devices.len();
         drop(devices);
         let n = self.connections.fetch_add(1, Ordering::Relaxed) + 1;
@@ -125,7 +129,10 @@ impl DeliveryHub {
         let online = devices.len();
         drop(devices);
         if removed {
-            let n = self.connections.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
+            let n = self
+                .connections
+                .fetch_sub(1, Ordering::Relaxed)
+                .saturating_sub(1);
             metrics::gauge!("herald_ws_connections").set(n as f64);
         }
         metrics::gauge!("herald_online_users").set(online as f64);
@@ -161,7 +168,11 @@ impl DeliveryHub {
     /// many devices it was queued to.
     pub fn push_to_user(&self, user_id: u64, event: &Arc<UserEvent>, except: Option<u64>) -> usize {
         let targets: Vec<Device> = match self.devices.read().get(&user_id) {
-            Some(list) => list.iter().filter(|d| Some(d.conn_id) != except).cloned().collect(),
+            Some(list) => list
+                .iter()
+                .filter(|d| Some(d.conn_id) != except)
+                .cloned()
+                .collect(),
             None => return 0,
         };
         targets
@@ -273,6 +284,8 @@ mod tests {
         // b's queue (capacity 1) is full now: the next push kills it.
         let killed = b.kill.notified();
         assert_eq!(hub.push_to_user(1, &event(3), Some(a.conn_id)), 0);
-        tokio::time::timeout(std::time::Duration::from_secs(1), killed).await.unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(1), killed)
+            .await
+            .unwrap();
     }
 }

@@ -74,7 +74,10 @@ impl Directory {
             created_at: now_ms(),
         };
         if !self.store.create_user(user.clone()).await? {
-            return Err(AppError::Conflict(format!("username {} is taken", user.username)));
+            return Err(AppError::Conflict(format!(
+                "username {} is taken",
+                user.username
+            )));
         }
         self.known_users.write().insert(user.user_id);
         Ok(user_vo(&user))
@@ -86,7 +89,11 @@ impl Directory {
         let hash = user.as_ref().map(|u| u.password_hash.clone());
         let user = match (self.auth.verify_password(req.password, hash).await, user) {
             (true, Some(u)) => u,
-            _ => return Err(AppError::Unauthenticated("wrong username or password".into())),
+            _ => {
+                return Err(AppError::Unauthenticated(
+                    "wrong username or password".into(),
+                ))
+            }
         };
         let token = self.auth.issue(user.user_id)?;
         Ok(LoginResp {
@@ -107,7 +114,10 @@ impl Directory {
     pub async fn require_users(&self, ids: &[u64]) -> AppResult<()> {
         let unknown: Vec<u64> = {
             let known = self.known_users.read();
-            ids.iter().copied().filter(|id| !known.contains(id)).collect()
+            ids.iter()
+                .copied()
+                .filter(|id| !known.contains(id))
+                .collect()
         };
         if unknown.is_empty() {
             return Ok(());
@@ -147,17 +157,27 @@ impl Directory {
     }
 
     /// The session, if `user_id` is one of its members (`forbidden` if not).
-    pub async fn member_session(&self, user_id: u64, session_id: u64) -> AppResult<Arc<SessionInfo>> {
+    pub async fn member_session(
+        &self,
+        user_id: u64,
+        session_id: u64,
+    ) -> AppResult<Arc<SessionInfo>> {
         let s = self.session(session_id).await?;
         if s.members.contains(&user_id) {
             Ok(s)
         } else {
-            Err(AppError::forbidden(format!("you are not a member of session {session_id}")))
+            Err(AppError::forbidden(format!(
+                "you are not a member of session {session_id}"
+            )))
         }
     }
 
     /// The session of a group `user_id` belongs to.
-    pub async fn group_session_for_member(&self, user_id: u64, group_id: u64) -> AppResult<Arc<SessionInfo>> {
+    pub async fn group_session_for_member(
+        &self,
+        user_id: u64,
+        group_id: u64,
+    ) -> AppResult<Arc<SessionInfo>> {
         let cached = self.group_sessions.read().get(&group_id).copied();
         let session_id = match cached {
             Some(s) => s,
@@ -171,7 +191,9 @@ impl Directory {
         if s.members.contains(&user_id) {
             Ok(s)
         } else {
-            Err(AppError::forbidden(format!("you are not a member of group {group_id}")))
+            Err(AppError::forbidden(format!(
+                "you are not a member of group {group_id}"
+            )))
         }
     }
 
@@ -197,7 +219,11 @@ impl Directory {
         Ok(out)
     }
 
-    pub async fn create_group(&self, owner: u64, req: crate::model::dto::CreateGroupReq) -> AppResult<GroupVo> {
+    pub async fn create_group(
+        &self,
+        owner: u64,
+        req: crate::model::dto::CreateGroupReq,
+    ) -> AppResult<GroupVo> {
         validate(&req)?;
         let mut members = vec![owner];
         for id in Self::parse_ids("memberIds", &req.member_ids)? {
@@ -226,7 +252,12 @@ impl Directory {
         Ok(group_vo(&g))
     }
 
-    pub async fn add_members(&self, user_id: u64, group_id: u64, raw_ids: &[String]) -> AppResult<GroupVo> {
+    pub async fn add_members(
+        &self,
+        user_id: u64,
+        group_id: u64,
+        raw_ids: &[String],
+    ) -> AppResult<GroupVo> {
         if raw_ids.is_empty() || raw_ids.len() > 1000 {
             return Err(AppError::invalid("userIds must hold 1-1000 ids"));
         }
@@ -245,13 +276,19 @@ impl Directory {
     pub async fn remove_member(&self, user_id: u64, group_id: u64, member: u64) -> AppResult<()> {
         let g = self.load_group(group_id).await?;
         if g.owner_id != user_id && member != user_id {
-            return Err(AppError::forbidden("only the owner may remove other members"));
+            return Err(AppError::forbidden(
+                "only the owner may remove other members",
+            ));
         }
         if member == g.owner_id {
-            return Err(AppError::Conflict("the owner cannot leave the group".into()));
+            return Err(AppError::Conflict(
+                "the owner cannot leave the group".into(),
+            ));
         }
         if !self.store.remove_group_member(group_id, member).await? {
-            return Err(AppError::not_found(format!("user {member} is not a member")));
+            return Err(AppError::not_found(format!(
+                "user {member} is not a member"
+            )));
         }
         self.forget_group(&g);
         Ok(())

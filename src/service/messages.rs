@@ -41,7 +41,8 @@ pub struct MessageService {
 
 /// A send that is queued on the session topic; awaiting it yields the
 /// `SendAck` once the message is durable.
-pub type PendingSend = std::pin::Pin<Box<dyn std::future::Future<Output = AppResult<SendAck>> + Send>>;
+pub type PendingSend =
+    std::pin::Pin<Box<dyn std::future::Future<Output = AppResult<SendAck>> + Send>>;
 
 pub fn send_ack(a: &AcceptedSend) -> SendAck {
     SendAck {
@@ -77,14 +78,29 @@ impl MessageService {
         stored: Arc<StoredWatermark>,
     ) -> MessageService {
         let send_limiter = RateLimiter::new(config.send_rate_per_sec, config.send_burst);
-        MessageService { config, ids, store, topic, directory, acks, delivery, send_limiter, stored }
+        MessageService {
+            config,
+            ids,
+            store,
+            topic,
+            directory,
+            acks,
+            delivery,
+            send_limiter,
+            stored,
+        }
     }
 
     /// Validates, authorizes, deduplicates and queues a send. The first
     /// await fixes its place in the session topic; the returned future
     /// resolves once it is durable.
     #[tracing::instrument(skip_all, fields(sender = sender_id, cmid = %req.client_message_id))]
-    pub async fn send(&self, sender_id: u64, req: SendReq, origin_conn: Option<u64>) -> AppResult<PendingSend> {
+    pub async fn send(
+        &self,
+        sender_id: u64,
+        req: SendReq,
+        origin_conn: Option<u64>,
+    ) -> AppResult<PendingSend> {
         req.validate()
             .map_err(|e| AppError::InvalidArgument(validation_message(&e)))?;
         if req.content.is_empty() {
@@ -99,26 +115,40 @@ impl MessageService {
         if !self.send_limiter.try_acquire(sender_id) {
             return Err(AppError::RateLimited("too many messages, slow down".into()));
         }
-        let (session_id, session_type, to_user_id, group_id) = match (&req.to_user_id, &req.group_id) {
-            (Some(to), None) => {
-                let to = parse_id("toUserId", to)?;
-                if to == sender_id {
-                    return Err(AppError::forbidden("you cannot send a single-chat message to yourself"));
+        let (session_id, session_type, to_user_id, group_id) =
+            match (&req.to_user_id, &req.group_id) {
+                (Some(to), None) => {
+                    let to = parse_id("toUserId", to)?;
+                    if to == sender_id {
+                        return Err(AppError::forbidden(
+                            "you cannot send a single-chat message to yourself",
+                        ));
+                    }
+                    self.directory.require_users(&[to]).await?;
+                    let sid = self.directory.single_session(sender_id, to).await?;
+                    (sid, SessionType::Single, Some(to), None)
                 }
-                self.directory.require_users(&[to]).await?;
-                let sid = self.directory.single_session(sender_id, to).await?;
-                (sid, SessionType::Single, Some(to), None)
-            }
-            (None, Some(g)) => {
-                let g = parse_id("groupId", g)?;
-                let s = self.directory.group_session_for_member(sender_id, g).await?;
-                (s.session_id, SessionType::Group, None, Some(g))
-            }
-            _ => return Err(AppError::invalid("exactly one of toUserId and groupId is required")),
-        };
+                (None, Some(g)) => {
+                    let g = parse_id("groupId", g)?;
+                    let s = self
+                        .directory
+                        .group_session_for_member(sender_id, g)
+                        .await?;
+                    (s.session_id, SessionType::Group, None, Some(g))
+                }
+                _ => {
+                    return Err(AppError::invalid(
+                        "exactly one of toUserId and groupId is required",
+                    ))
+                }
+            };
         let now = now_ms();
         let client_ts = req.client_timestamp.unwrap_or(now);
-        let adjusted_ts = if (client_ts - now).abs() > self.config.max_clock_skew_ms { now } else { client_ts };
+        let adjusted_ts = if (client_ts - now).abs() > self.config.max_clock_skew_ms {
+            now
+        } else {
+            client_ts
+        };
         let record = SendRecord {
             origin_conn,
             message_id: self.ids.next_id(),
@@ -141,8 +171,10 @@ impl MessageService {
             server_ts: now,
         };
         let key = format!("{}:{}", sender_id, record.client_message_id);
-        let payload = serde_json::to_vec(&record).map_err(|e| AppError::Unavailable(e.to_string()))?;
-        let receipt = serde_json::to_vec(&accepted).map_err(|e| AppError::Unavailable(e.to_string()))?;
+        let payload =
+            serde_json::to_vec(&record).map_err(|e| AppError::Unavailable(e.to_string()))?;
+        let receipt =
+            serde_json::to_vec(&accepted).map_err(|e| AppError::Unavailable(e.to_string()))?;
         let durable: Durable<PublishOnce> = self.topic.publish_once(key, payload, receipt).await?;
         let stored = self.stored.clone();
         Ok(Box::pin(async move {
@@ -159,8 +191,10 @@ impl MessageService {
                 }
                 PublishOnce::Duplicate(original) => {
                     metrics::counter!("herald_duplicate_sends_total").increment(1);
-                    let original: AcceptedSend = serde_json::from_slice(&original)
-                        .map_err(|e| AppError::Unavailable(format!("corrupt idempotency record: {e}")))?;
+                    let original: AcceptedSend =
+                        serde_json::from_slice(&original).map_err(|e| {
+                            AppError::Unavailable(format!("corrupt idempotency record: {e}"))
+                        })?;
                     Ok(send_ack(&original))
                 }
             }
@@ -174,8 +208,14 @@ impl MessageService {
         let not_before = now_ms() - self.config.recall_window_ms;
         let doc = match self.store.recall(message_id, user_id, not_before).await? {
             RecallOutcome::Recalled(doc) => doc,
-            RecallOutcome::NotFound => return Err(AppError::not_found(format!("message {message_id} not found"))),
-            RecallOutcome::NotSender => return Err(AppError::forbidden("only the sender may recall a message")),
+            RecallOutcome::NotFound => {
+                return Err(AppError::not_found(format!(
+                    "message {message_id} not found"
+                )))
+            }
+            RecallOutcome::NotSender => {
+                return Err(AppError::forbidden("only the sender may recall a message"))
+            }
             RecallOutcome::TooLate => {
                 return Err(AppError::forbidden(format!(
                     "the recall window of {} ms has passed",
@@ -186,7 +226,12 @@ impl MessageService {
         let session = self.directory.session(doc.session_id).await?;
         let mut own = None;
         for &member in &session.members {
-            let Some(entry) = self.store.inbox_messages(member, &[message_id]).await?.pop() else {
+            let Some(entry) = self
+                .store
+                .inbox_messages(member, &[message_id])
+                .await?
+                .pop()
+            else {
                 continue;
             };
             let mut vo = MessageVo::from(&entry);
@@ -195,7 +240,8 @@ impl MessageService {
             }
             if self.delivery.is_online(member) {
                 vo.kind = "recall".into();
-                let body = serde_json::to_vec(&vo).map_err(|e| AppError::Unavailable(e.to_string()))?;
+                let body =
+                    serde_json::to_vec(&vo).map_err(|e| AppError::Unavailable(e.to_string()))?;
                 let event = Arc::new(UserEvent {
                     message_id,
                     body: Bytes::from(body),
@@ -223,32 +269,64 @@ impl MessageService {
         let size = check_limit("size", size, 200)?;
         let session_id = parse_id("sessionId", session_id)?;
         self.directory.member_session(user_id, session_id).await?;
+        self.acks.settle().await;
         let after_seq = match last_message_id.filter(|s| !s.is_empty()) {
             None => 0,
             Some(raw) => {
                 let mid = parse_id("lastMessageId", raw)?;
                 match self.store.message(mid).await? {
                     Some(doc) if doc.session_id == session_id => doc.seq,
-                    _ => return Err(AppError::not_found(format!("message {mid} not found in session"))),
+                    _ => {
+                        return Err(AppError::not_found(format!(
+                            "message {mid} not found in session"
+                        )))
+                    }
                 }
             }
         };
-        let mut page = self.store.pull(user_id, session_id, after_seq, size + 1).await?;
+        let mut page = self
+            .store
+            .pull(user_id, session_id, after_seq, size + 1)
+            .await?;
         let has_more = page.len() > size;
         page.truncate(size);
-        let status = if mark_read { InboxStatus::Read } else { InboxStatus::Delivered };
+        let status = if mark_read {
+            InboxStatus::Read
+        } else {
+            InboxStatus::Delivered
+        };
         self.mark(user_id, &mut page, status).await?;
-        Ok(PullResp { messages: vos(&page), has_more })
+        Ok(PullResp {
+            messages: vos(&page),
+            has_more,
+        })
     }
 
     /// Raises the status of returned entries (through the ack path, so
     /// redelivery stops too) and reflects it in the answer.
-    async fn mark(&self, user_id: u64, page: &mut [InboxMessage], status: InboxStatus) -> AppResult<()> {
-        let ids: Vec<u64> = page.iter().filter(|m| m.status < status).map(|m| m.doc.message_id).collect();
+    async fn mark(
+        &self,
+        user_id: u64,
+        page: &mut [InboxMessage],
+        status: InboxStatus,
+    ) -> AppResult<()> {
+        let ids: Vec<u64> = page
+            .iter()
+            .filter(|m| m.status < status)
+            .map(|m| m.doc.message_id)
+            .collect();
         if ids.is_empty() {
             return Ok(());
         }
-        self.acks.apply(user_id, AckCommand::Messages { message_ids: ids, status }).await?;
+        self.acks
+            .apply(
+                user_id,
+                AckCommand::Messages {
+                    message_ids: ids,
+                    status,
+                },
+            )
+            .await?;
         for m in page.iter_mut() {
             m.status = m.status.max(status);
         }
@@ -256,12 +334,22 @@ impl MessageService {
     }
 
     pub async fn unread(&self, user_id: u64, limit: usize) -> AppResult<UnreadResp> {
+        self.acks.settle().await;
         let limit = check_limit("limit", limit, 500)?;
         let (page, total) = self.store.unread(user_id, limit).await?;
-        Ok(UnreadResp { messages: vos(&page), total })
+        Ok(UnreadResp {
+            messages: vos(&page),
+            total,
+        })
     }
 
-    pub async fn sync(&self, user_id: u64, after_inbox_seq: i64, limit: usize) -> AppResult<SyncResp> {
+    pub async fn sync(
+        &self,
+        user_id: u64,
+        after_inbox_seq: i64,
+        limit: usize,
+    ) -> AppResult<SyncResp> {
+        self.acks.settle().await;
         let limit = check_limit("limit", limit, 500)?;
         if after_inbox_seq < 0 {
             return Err(AppError::invalid("afterInboxSeq must not be negative"));
@@ -270,22 +358,40 @@ impl MessageService {
         let has_more = page.len() > limit;
         page.truncate(limit);
         let last_inbox_seq = page.last().map(|m| m.inbox_seq).unwrap_or(after_inbox_seq);
-        Ok(SyncResp { messages: vos(&page), has_more, last_inbox_seq })
+        Ok(SyncResp {
+            messages: vos(&page),
+            has_more,
+            last_inbox_seq,
+        })
     }
 
-    pub async fn history(&self, user_id: u64, session_id: &str, before_seq: Option<i64>, limit: usize) -> AppResult<HistoryResp> {
+    pub async fn history(
+        &self,
+        user_id: u64,
+        session_id: &str,
+        before_seq: Option<i64>,
+        limit: usize,
+    ) -> AppResult<HistoryResp> {
         let limit = check_limit("limit", limit, 200)?;
         let session_id = parse_id("sessionId", session_id)?;
         self.directory.member_session(user_id, session_id).await?;
-        let mut page = self.store.history(user_id, session_id, before_seq, limit + 1).await?;
+        self.acks.settle().await;
+        let mut page = self
+            .store
+            .history(user_id, session_id, before_seq, limit + 1)
+            .await?;
         let has_more = page.len() > limit;
         if has_more {
             page.remove(0);
         }
-        Ok(HistoryResp { messages: vos(&page), has_more })
+        Ok(HistoryResp {
+            messages: vos(&page),
+            has_more,
+        })
     }
 
     pub async fn sessions(&self, user_id: u64) -> AppResult<Vec<SessionVo>> {
+        self.acks.settle().await;
         let list = self.store.sessions(user_id).await?;
         Ok(list
             .iter()
@@ -303,27 +409,60 @@ impl MessageService {
     }
 
     /// `ackType` for message ids: only the caller's own entries change.
-    pub async fn ack(&self, user_id: u64, message_ids: &[String], ack_type: &str) -> AppResult<u64> {
+    pub async fn ack(
+        &self,
+        user_id: u64,
+        message_ids: &[String],
+        ack_type: &str,
+    ) -> AppResult<u64> {
         let status = super::acks::parse_ack_type(ack_type)?;
         let ids = super::acks::parse_message_ids(message_ids)?;
-        let outcome = self.acks.apply(user_id, AckCommand::Messages { message_ids: ids, status }).await?;
+        let outcome = self
+            .acks
+            .apply(
+                user_id,
+                AckCommand::Messages {
+                    message_ids: ids,
+                    status,
+                },
+            )
+            .await?;
         Ok(outcome.updated)
     }
 
-    pub async fn mark_read(&self, user_id: u64, session_id: &str, up_to_seq: Option<i64>) -> AppResult<u64> {
+    pub async fn mark_read(
+        &self,
+        user_id: u64,
+        session_id: &str,
+        up_to_seq: Option<i64>,
+    ) -> AppResult<u64> {
         let session_id = parse_id("sessionId", session_id)?;
         if up_to_seq.is_some_and(|s| s < 0) {
             return Err(AppError::invalid("upToSeq must not be negative"));
         }
         self.directory.member_session(user_id, session_id).await?;
-        let outcome = self.acks.apply(user_id, AckCommand::SessionRead { session_id, up_to_seq }).await?;
+        let outcome = self
+            .acks
+            .apply(
+                user_id,
+                AckCommand::SessionRead {
+                    session_id,
+                    up_to_seq,
+                },
+            )
+            .await?;
         Ok(outcome.updated)
     }
 
     /// Pushes these messages again to the user's devices (or to one), if
     /// their entries are still `pending`; returns the ids that are not
     /// (acked meanwhile), which need no more redelivery.
-    pub async fn redeliver(&self, user_id: u64, message_ids: &[u64], conn: Option<u64>) -> AppResult<Vec<u64>> {
+    pub async fn redeliver(
+        &self,
+        user_id: u64,
+        message_ids: &[u64],
+        conn: Option<u64>,
+    ) -> AppResult<Vec<u64>> {
         let entries = self.store.inbox_messages(user_id, message_ids).await?;
         let mut settled: Vec<u64> = message_ids
             .iter()
@@ -335,7 +474,8 @@ impl MessageService {
                 settled.push(entry.doc.message_id);
                 continue;
             }
-            let body = serde_json::to_vec(&MessageVo::from(&entry)).map_err(|e| AppError::Unavailable(e.to_string()))?;
+            let body = serde_json::to_vec(&MessageVo::from(&entry))
+                .map_err(|e| AppError::Unavailable(e.to_string()))?;
             let event = Arc::new(UserEvent {
                 message_id: entry.doc.message_id,
                 body: Bytes::from(body),

@@ -74,7 +74,13 @@ impl RedeliveryTracker {
             return;
         }
         let earliest = s.timeline.first().map(|(t, _)| *t);
-        s.entries.insert(key, Entry { due, redeliveries: 0 });
+        s.entries.insert(
+            key,
+            Entry {
+                due,
+                redeliveries: 0,
+            },
+        );
         s.timeline.insert((due, key));
         drop(s);
         if earliest.is_none_or(|t| due < t) {
@@ -92,7 +98,10 @@ impl RedeliveryTracker {
     }
 
     pub fn is_tracked(&self, user_id: u64, message_id: u64) -> bool {
-        self.state.lock().entries.contains_key(&(user_id, message_id))
+        self.state
+            .lock()
+            .entries
+            .contains_key(&(user_id, message_id))
     }
 
     pub fn len(&self) -> usize {
@@ -113,7 +122,9 @@ impl RedeliveryTracker {
         let mut s = self.state.lock();
         let mut out = Vec::new();
         while out.len() < max {
-            let Some(&(due, key)) = s.timeline.first() else { break };
+            let Some(&(due, key)) = s.timeline.first() else {
+                break;
+            };
             if due > now {
                 break;
             }
@@ -152,7 +163,11 @@ impl RedeliveryTracker {
                 None => 0,
             }
         };
-        self.judge(Due { user_id, message_id, redeliveries: done })
+        self.judge(Due {
+            user_id,
+            message_id,
+            redeliveries: done,
+        })
     }
 
     fn reschedule(&self, user_id: u64, message_id: u64, redeliveries: u32) {
@@ -190,7 +205,14 @@ mod tests {
         assert!(t.take_due(Instant::now(), 10).is_empty());
         let later = Instant::now() + Duration::from_secs(1);
         let due = t.take_due(later, 10);
-        assert_eq!(due, vec![Due { user_id: 1, message_id: 100, redeliveries: 0 }]);
+        assert_eq!(
+            due,
+            vec![Due {
+                user_id: 1,
+                message_id: 100,
+                redeliveries: 0
+            }]
+        );
         assert_eq!(t.judge(due[0]), Verdict::Redeliver);
         let due = t.take_due(later, 10);
         assert_eq!(due[0].redeliveries, 1);

@@ -12,7 +12,9 @@ pub struct StoredWatermark {
 
 impl Default for StoredWatermark {
     fn default() -> Self {
-        StoredWatermark { offset: watch::channel(0).0 }
+        StoredWatermark {
+            offset: watch::channel(0).0,
+        }
     }
 }
 

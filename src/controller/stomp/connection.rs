@@ -23,8 +23,8 @@ use crate::service::delivery::{Broadcast, Outbound, UserEvent};
 use crate::service::redelivery::Verdict;
 use crate::service::Services;
 use crate::stomp::{
-    encode_to_vec, negotiate_heart_beat, parse_heart_beat, Command, Decoded, Decoder, Frame, Limits,
-    StompVersion,
+    encode_to_vec, negotiate_heart_beat, parse_heart_beat, Command, Decoded, Decoder, Frame,
+    Limits, StompVersion,
 };
 
 /// Sends awaiting durability per connection; beyond it the connection stops
@@ -165,7 +165,11 @@ pub async fn serve(socket: WebSocketStream, services: Services) {
             _ = tick_opt(&mut heartbeat) => conn.on_heartbeat_tick(),
         };
         if let Err(fatal) = step {
-            conn.outgoing.push(frames::error(&fatal.message, &fatal.detail, fatal.receipt.as_deref()));
+            conn.outgoing.push(frames::error(
+                &fatal.message,
+                &fatal.detail,
+                fatal.receipt.as_deref(),
+            ));
             conn.closing = true;
         }
         // A DISCONNECT with receipt is answered once every earlier send is done.
@@ -259,12 +263,18 @@ impl Connection {
         match frame.command {
             Command::Connect | Command::Stomp => Err(Fatal::new("already connected", Some(&frame))),
             Command::Send => self.on_send(frame).await,
-            Command::Subscribe => self.on_subscribe(&frame).await.map(|_| self.receipt_for(&frame)),
-            Command::Unsubscribe => self.on_unsubscribe(&frame).map(|_| self.receipt_for(&frame)),
+            Command::Subscribe => self
+                .on_subscribe(&frame)
+                .await
+                .map(|_| self.receipt_for(&frame)),
+            Command::Unsubscribe => self
+                .on_unsubscribe(&frame)
+                .map(|_| self.receipt_for(&frame)),
             Command::Ack => {
                 let acked = self.on_ack(&frame, true)?;
                 // With a receipt, the ack is applied before the RECEIPT.
-                self.ack_messages(acked, frame.header("receipt").is_some()).await;
+                self.ack_messages(acked, frame.header("receipt").is_some())
+                    .await;
                 self.receipt_for(&frame);
                 Ok(())
             }
@@ -279,7 +289,10 @@ impl Connection {
                 }
                 Ok(())
             }
-            _ => Err(Fatal::new(format!("{} is a server frame", frame.command.as_str()), Some(&frame))),
+            _ => Err(Fatal::new(
+                format!("{} is a server frame", frame.command.as_str()),
+                Some(&frame),
+            )),
         }
     }
 
@@ -290,7 +303,9 @@ impl Connection {
     }
 
     fn session(&mut self) -> Result<&mut Session, Fatal> {
-        self.session.as_mut().ok_or_else(|| Fatal::new("not connected", None))
+        self.session
+            .as_mut()
+            .ok_or_else(|| Fatal::new("not connected", None))
     }
 
     fn next_id(&mut self) -> String {
@@ -310,24 +325,36 @@ impl Connection {
         let version = match version {
             Some(v) if v >= StompVersion::V1_1 => v,
             _ => {
-                return Err(Fatal::new("supported STOMP versions are 1.1 and 1.2", Some(frame)));
+                return Err(Fatal::new(
+                    "supported STOMP versions are 1.1 and 1.2",
+                    Some(frame),
+                ));
             }
         };
         self.version = version;
         self.decoder.set_version(version);
         let auth = &self.services.auth;
-        let user = match (frame.header("Authorization").or(frame.header("authorization")), frame.header("passcode")) {
+        let user = match (
+            frame
+                .header("Authorization")
+                .or(frame.header("authorization")),
+            frame.header("passcode"),
+        ) {
             (Some(h), _) => auth.verify_bearer(Some(h)),
             (None, Some(p)) => auth.verify(p.strip_prefix("Bearer ").unwrap_or(p)),
             (None, None) => Err(AppError::Unauthenticated("missing token".into())),
         };
-        let user_id = user.map_err(|e| Fatal::new(format!("authentication failed: {e}"), Some(frame)))?;
+        let user_id =
+            user.map_err(|e| Fatal::new(format!("authentication failed: {e}"), Some(frame)))?;
         let registration = self
             .services
             .delivery
             .register(user_id)
             .map_err(|e| Fatal::new(e.to_string(), Some(frame)))?;
-        let client = frame.header("heart-beat").and_then(parse_heart_beat).unwrap_or((0, 0));
+        let client = frame
+            .header("heart-beat")
+            .and_then(parse_heart_beat)
+            .unwrap_or((0, 0));
         let hb = self.services.config.heartbeat_ms;
         let (send_ms, expect_ms) = negotiate_heart_beat(client, (hb, hb));
         let conn_id = registration.conn_id;
@@ -375,20 +402,32 @@ impl Connection {
         let (user_id, conn_id) = {
             let s = self.session()?;
             if s.subs.contains_key(&id) {
-                return Err(Fatal::new(format!("subscription id {id} is in use"), Some(frame)));
+                return Err(Fatal::new(
+                    format!("subscription id {id} is in use"),
+                    Some(frame),
+                ));
             }
             (s.user_id, s.conn_id)
         };
         if let SubscribeTarget::Topic(topic) = &target {
             Self::authorize_topic(&self.services, user_id, topic, frame).await?;
-            self.services.delivery.subscribe_topic(&topic.destination, user_id, conn_id);
+            self.services
+                .delivery
+                .subscribe_topic(&topic.destination, user_id, conn_id);
         }
-        self.session()?.subs.insert(id, Subscription { target, ack });
+        self.session()?
+            .subs
+            .insert(id, Subscription { target, ack });
         Ok(())
     }
 
     /// Session topics are for the session's members only.
-    async fn authorize_topic(services: &Services, user_id: u64, topic: &TopicName, frame: &Frame) -> Step {
+    async fn authorize_topic(
+        services: &Services,
+        user_id: u64,
+        topic: &TopicName,
+        frame: &Frame,
+    ) -> Step {
         if let Some(session_id) = topic.session {
             services
                 .directory
@@ -405,14 +444,22 @@ impl Connection {
             .ok_or_else(|| Fatal::new("UNSUBSCRIBE needs an id header", Some(frame)))?;
         let s = self.session()?;
         let Some(sub) = s.subs.remove(id) else {
-            return Err(Fatal::new(format!("no subscription with id {id}"), Some(frame)));
+            return Err(Fatal::new(
+                format!("no subscription with id {id}"),
+                Some(frame),
+            ));
         };
         s.unacked.retain(|_, u| u.subscription != id);
         if let SubscribeTarget::Topic(topic) = sub.target {
-            let still = s.subs.values().any(|o| o.target == SubscribeTarget::Topic(topic.clone()));
+            let still = s
+                .subs
+                .values()
+                .any(|o| o.target == SubscribeTarget::Topic(topic.clone()));
             if !still {
                 let conn_id = s.conn_id;
-                self.services.delivery.unsubscribe_topic(&topic.destination, conn_id);
+                self.services
+                    .delivery
+                    .unsubscribe_topic(&topic.destination, conn_id);
             }
         }
         Ok(())
@@ -448,9 +495,15 @@ impl Connection {
             }
         };
         let cmid = req.client_message_id.clone();
-        match self.services.messages.send(user_id, req, Some(conn_id)).await {
+        match self
+            .services
+            .messages
+            .send(user_id, req, Some(conn_id))
+            .await
+        {
             Ok(pending) => {
-                self.in_flight.push_back(Box::pin(async move { (receipt, cmid, pending.await) }));
+                self.in_flight
+                    .push_back(Box::pin(async move { (receipt, cmid, pending.await) }));
             }
             Err(e) => self.reject(e, Some(cmid)),
         }
@@ -461,7 +514,11 @@ impl Connection {
         match result {
             Ok(ack) => {
                 if let Ok(body) = serde_json::to_vec(&ack) {
-                    self.write_own_queue(&SubscribeTarget::SendAcks, destination::SEND_ACKS, Bytes::from(body));
+                    self.write_own_queue(
+                        &SubscribeTarget::SendAcks,
+                        destination::SEND_ACKS,
+                        Bytes::from(body),
+                    );
                 }
                 if let Some(r) = receipt {
                     self.outgoing.push(frames::receipt(&r));
@@ -474,22 +531,41 @@ impl Connection {
     /// A rejected SEND: an error on `/user/queue/errors`, the connection stays.
     fn reject(&mut self, e: AppError, client_message_id: Option<String>) {
         metrics::counter!("herald_rejected_sends_total", "code" => e.code()).increment(1);
-        let vo = SendErrorVo { code: e.code().into(), message: e.to_string(), client_message_id };
+        let vo = SendErrorVo {
+            code: e.code().into(),
+            message: e.to_string(),
+            client_message_id,
+        };
         if let Ok(body) = serde_json::to_vec(&vo) {
-            self.write_own_queue(&SubscribeTarget::Errors, destination::ERRORS, Bytes::from(body));
+            self.write_own_queue(
+                &SubscribeTarget::Errors,
+                destination::ERRORS,
+                Bytes::from(body),
+            );
         }
     }
 
     /// Writes a JSON MESSAGE to every subscription of this connection to `target`.
     fn write_own_queue(&mut self, target: &SubscribeTarget, dest: &str, body: Bytes) {
         let subs: Vec<(String, AckMode)> = match self.session.as_ref() {
-            Some(s) => s.subs.iter().filter(|(_, sub)| &sub.target == target).map(|(id, sub)| (id.clone(), sub.ack)).collect(),
+            Some(s) => s
+                .subs
+                .iter()
+                .filter(|(_, sub)| &sub.target == target)
+                .map(|(id, sub)| (id.clone(), sub.ack))
+                .collect(),
             None => return,
         };
         for (sub_id, mode) in subs {
             let message_id = self.next_id();
             let ack = self.remember(&sub_id, mode, &message_id, UnackedKind::Other);
-            self.outgoing.push(frames::json_message(dest, &sub_id, &message_id, ack.as_deref(), body.clone()));
+            self.outgoing.push(frames::json_message(
+                dest,
+                &sub_id,
+                &message_id,
+                ack.as_deref(),
+                body.clone(),
+            ));
         }
     }
 
@@ -507,7 +583,9 @@ impl Connection {
         };
         if let AckCommand::Messages { message_ids, .. } = &command {
             if let Some(s) = self.session.as_mut() {
-                s.unacked.retain(|_, u| !matches!(u.kind, UnackedKind::Message(m) if message_ids.contains(&m)));
+                s.unacked.retain(
+                    |_, u| !matches!(u.kind, UnackedKind::Message(m) if message_ids.contains(&m)),
+                );
             }
         }
         // Applied before answering, so a REST read after the RECEIPT sees it.
@@ -524,7 +602,12 @@ impl Connection {
         let headers = frame
             .headers
             .iter()
-            .filter(|(k, _)| !matches!(k.as_str(), "destination" | "receipt" | "transaction" | "content-length"))
+            .filter(|(k, _)| {
+                !matches!(
+                    k.as_str(),
+                    "destination" | "receipt" | "transaction" | "content-length"
+                )
+            })
             .cloned()
             .collect();
         self.services.delivery.publish_topic(Broadcast {
@@ -554,7 +637,10 @@ impl Connection {
             return Ok(Vec::new());
         };
         let mut acked = vec![entry.kind];
-        let cumulative = s.subs.get(&entry.subscription).is_some_and(|sub| sub.ack == AckMode::Client);
+        let cumulative = s
+            .subs
+            .get(&entry.subscription)
+            .is_some_and(|sub| sub.ack == AckMode::Client);
         if cumulative && positive {
             let earlier: Vec<String> = s
                 .unacked
@@ -587,17 +673,24 @@ impl Connection {
     /// Marks acked messages `delivered`: batched in the background, or
     /// applied before returning when the client waits for a RECEIPT.
     async fn ack_messages(&mut self, ids: Vec<u64>, wait: bool) {
-        let Some(user_id) = self.session.as_ref().map(|s| s.user_id) else { return };
+        let Some(user_id) = self.session.as_ref().map(|s| s.user_id) else {
+            return;
+        };
         if ids.is_empty() {
             return;
         }
         if !wait {
             for mid in ids {
-                self.services.acks.ack_soon(user_id, mid, InboxStatus::Delivered);
+                self.services
+                    .acks
+                    .ack_soon(user_id, mid, InboxStatus::Delivered);
             }
             return;
         }
-        let command = AckCommand::Messages { message_ids: ids, status: InboxStatus::Delivered };
+        let command = AckCommand::Messages {
+            message_ids: ids,
+            status: InboxStatus::Delivered,
+        };
         if let Err(e) = self.services.acks.apply(user_id, command).await {
             tracing::warn!(error = %e, "ack with receipt was not applied");
         }
@@ -609,28 +702,39 @@ impl Connection {
             Verdict::Redeliver => {
                 let messages = self.services.messages.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = messages.redeliver(user_id, &[message_id], Some(conn_id)).await {
+                    if let Err(e) = messages
+                        .redeliver(user_id, &[message_id], Some(conn_id))
+                        .await
+                    {
                         tracing::warn!(error = %e, "nack redelivery failed");
                     }
                 });
             }
-            Verdict::DeadLetter => metrics::counter!("herald_messages_dead_lettered_total").increment(1),
+            Verdict::DeadLetter => {
+                metrics::counter!("herald_messages_dead_lettered_total").increment(1)
+            }
         }
     }
 
     // ----- transactions -----
 
     fn tx_name(frame: &Frame) -> Result<&str, Fatal> {
-        frame
-            .header("transaction")
-            .ok_or_else(|| Fatal::new(format!("{} needs a transaction header", frame.command.as_str()), Some(frame)))
+        frame.header("transaction").ok_or_else(|| {
+            Fatal::new(
+                format!("{} needs a transaction header", frame.command.as_str()),
+                Some(frame),
+            )
+        })
     }
 
     fn on_begin(&mut self, frame: &Frame) -> Step {
         let name = Self::tx_name(frame)?.to_string();
         let s = self.session()?;
         if s.transactions.contains_key(&name) {
-            return Err(Fatal::new(format!("transaction {name} already began"), Some(frame)));
+            return Err(Fatal::new(
+                format!("transaction {name} already began"),
+                Some(frame),
+            ));
         }
         s.transactions.insert(name, Vec::new());
         Ok(())
@@ -640,10 +744,16 @@ impl Connection {
         let name = Self::tx_name(&frame)?.to_string();
         let s = self.session()?;
         let Some(frames) = s.transactions.get_mut(&name) else {
-            return Err(Fatal::new(format!("unknown transaction {name}"), Some(&frame)));
+            return Err(Fatal::new(
+                format!("unknown transaction {name}"),
+                Some(&frame),
+            ));
         };
         if frames.len() >= MAX_TX_FRAMES {
-            return Err(Fatal::new("too many frames in one transaction", Some(&frame)));
+            return Err(Fatal::new(
+                "too many frames in one transaction",
+                Some(&frame),
+            ));
         }
         // The receipt confirms receipt of the frame, now; the effect comes at COMMIT.
         let receipt = frame.remove_header("receipt");
@@ -658,7 +768,10 @@ impl Connection {
     async fn on_commit(&mut self, frame: &Frame) -> Step {
         let name = Self::tx_name(frame)?.to_string();
         let Some(frames) = self.session()?.transactions.remove(&name) else {
-            return Err(Fatal::new(format!("unknown transaction {name}"), Some(frame)));
+            return Err(Fatal::new(
+                format!("unknown transaction {name}"),
+                Some(frame),
+            ));
         };
         for f in frames {
             Box::pin(self.dispatch(f)).await?;
@@ -670,7 +783,10 @@ impl Connection {
     fn on_abort(&mut self, frame: &Frame) -> Step {
         let name = Self::tx_name(frame)?.to_string();
         if self.session()?.transactions.remove(&name).is_none() {
-            return Err(Fatal::new(format!("unknown transaction {name}"), Some(frame)));
+            return Err(Fatal::new(
+                format!("unknown transaction {name}"),
+                Some(frame),
+            ));
         }
         Ok(())
     }
@@ -698,7 +814,9 @@ impl Connection {
     }
 
     fn write_event(&mut self, ev: &UserEvent) {
-        let Some(s) = self.session.as_ref() else { return };
+        let Some(s) = self.session.as_ref() else {
+            return;
+        };
         let user_id = s.user_id;
         let subs: Vec<(String, AckMode)> = s
             .subs
@@ -708,17 +826,32 @@ impl Connection {
             .collect();
         let message_id = ev.message_id.to_string();
         for (sub_id, mode) in subs {
-            let ack = self.remember(&sub_id, mode, &message_id, UnackedKind::Message(ev.message_id));
-            self.outgoing
-                .push(frames::json_message(destination::MESSAGES, &sub_id, &message_id, ack.as_deref(), ev.body.clone()));
+            let ack = self.remember(
+                &sub_id,
+                mode,
+                &message_id,
+                UnackedKind::Message(ev.message_id),
+            );
+            self.outgoing.push(frames::json_message(
+                destination::MESSAGES,
+                &sub_id,
+                &message_id,
+                ack.as_deref(),
+                ev.body.clone(),
+            ));
             metrics::counter!("herald_messages_delivered_total").increment(1);
             if !ev.redelivery {
-                metrics::histogram!("herald_store_to_push_seconds").record(ev.stored_at.elapsed().as_secs_f64());
+                metrics::histogram!("herald_store_to_push_seconds")
+                    .record(ev.stored_at.elapsed().as_secs_f64());
             }
             if ev.pending {
                 match mode {
                     // Written to the connection counts as received.
-                    AckMode::Auto => self.services.acks.ack_soon(user_id, ev.message_id, InboxStatus::Delivered),
+                    AckMode::Auto => {
+                        self.services
+                            .acks
+                            .ack_soon(user_id, ev.message_id, InboxStatus::Delivered)
+                    }
                     _ => self.services.redelivery.track(user_id, ev.message_id),
                 }
             }
@@ -726,7 +859,9 @@ impl Connection {
     }
 
     fn write_broadcast(&mut self, b: &Broadcast) {
-        let Some(s) = self.session.as_ref() else { return };
+        let Some(s) = self.session.as_ref() else {
+            return;
+        };
         let subs: Vec<(String, AckMode)> = s
             .subs
             .iter()
@@ -751,20 +886,38 @@ impl Connection {
     }
 
     /// Remembers a client-mode push until it is acked; returns its `ack` id.
-    fn remember(&mut self, sub_id: &str, mode: AckMode, ack_id: &str, kind: UnackedKind) -> Option<String> {
+    fn remember(
+        &mut self,
+        sub_id: &str,
+        mode: AckMode,
+        ack_id: &str,
+        kind: UnackedKind,
+    ) -> Option<String> {
         if mode == AckMode::Auto {
             return None;
         }
         let s = self.session.as_mut()?;
         if s.unacked.len() >= MAX_UNACKED {
             // Forget the oldest: the redelivery clock still covers messages.
-            if let Some(oldest) = s.unacked.iter().min_by_key(|(_, u)| u.order).map(|(k, _)| k.clone()) {
+            if let Some(oldest) = s
+                .unacked
+                .iter()
+                .min_by_key(|(_, u)| u.order)
+                .map(|(k, _)| k.clone())
+            {
                 s.unacked.remove(&oldest);
             }
         }
         s.counter += 1;
         let order = s.counter;
-        s.unacked.insert(ack_id.to_string(), Unacked { subscription: sub_id.to_string(), kind, order });
+        s.unacked.insert(
+            ack_id.to_string(),
+            Unacked {
+                subscription: sub_id.to_string(),
+                kind,
+                order,
+            },
+        );
         Some(ack_id.to_string())
     }
 
@@ -780,7 +933,9 @@ impl Connection {
     }
 
     fn on_heartbeat_tick(&mut self) -> Step {
-        let Some(s) = self.session.as_ref() else { return Ok(()) };
+        let Some(s) = self.session.as_ref() else {
+            return Ok(());
+        };
         if let Some(expect) = s.expect_every {
             if self.last_read.elapsed() > expect * 2 {
                 return Err(Fatal::new("no heart-beat from the client", None));
@@ -806,12 +961,22 @@ impl Connection {
         let heartbeat = std::mem::take(&mut self.heartbeat_due) && frames.is_empty();
         let result = self.write_frames(frames, heartbeat).await;
         self.last_write = Instant::now();
-        result.map_err(|e| poem::Error::from_string(e.to_string(), poem::http::StatusCode::BAD_GATEWAY))
+        result.map_err(|e| {
+            poem::Error::from_string(e.to_string(), poem::http::StatusCode::BAD_GATEWAY)
+        })
     }
 
-    async fn write_frames(&mut self, frames: Vec<Frame>, heartbeat: bool) -> Result<(), poem::Error> {
+    async fn write_frames(
+        &mut self,
+        frames: Vec<Frame>,
+        heartbeat: bool,
+    ) -> Result<(), poem::Error> {
         if heartbeat {
-            let msg = if self.binary { Message::Binary(b"\n".to_vec()) } else { Message::Text("\n".into()) };
+            let msg = if self.binary {
+                Message::Binary(b"\n".to_vec())
+            } else {
+                Message::Text("\n".into())
+            };
             self.sink.send(msg).await.map_err(to_poem)?;
             return Ok(());
         }
@@ -834,11 +999,17 @@ impl Connection {
         if let Some(s) = self.session.take() {
             for sub in s.subs.values() {
                 if let SubscribeTarget::Topic(t) = &sub.target {
-                    self.services.delivery.unsubscribe_topic(&t.destination, s.conn_id);
+                    self.services
+                        .delivery
+                        .unsubscribe_topic(&t.destination, s.conn_id);
                 }
             }
             self.services.delivery.unregister(s.user_id, s.conn_id);
-            tracing::debug!(user_id = s.user_id, conn_id = s.conn_id, "stomp disconnected");
+            tracing::debug!(
+                user_id = s.user_id,
+                conn_id = s.conn_id,
+                "stomp disconnected"
+            );
         }
     }
 }
@@ -856,7 +1027,10 @@ fn client_message_id_of(body: &[u8]) -> Option<String> {
 fn ack_command(req: StompAckReq) -> AppResult<AckCommand> {
     let status = parse_ack_type(&req.ack_type)?;
     match (req.message_ids, req.session_id) {
-        (Some(ids), None) => Ok(AckCommand::Messages { message_ids: parse_message_ids(&ids)?, status }),
+        (Some(ids), None) => Ok(AckCommand::Messages {
+            message_ids: parse_message_ids(&ids)?,
+            status,
+        }),
         (None, Some(sid)) if status == InboxStatus::Read => Ok(AckCommand::SessionRead {
             session_id: parse_id("sessionId", &sid)?,
             up_to_seq: req.up_to_seq,

@@ -44,13 +44,19 @@ fn valid_name(name: &str) -> bool {
 pub fn parse_topic(dest: &str) -> Option<TopicName> {
     let rest = dest.strip_prefix("/topic/")?;
     if let Some(name) = rest.strip_prefix("public.") {
-        return valid_name(name).then(|| TopicName { destination: dest.to_string(), session: None });
+        return valid_name(name).then(|| TopicName {
+            destination: dest.to_string(),
+            session: None,
+        });
     }
     let rest = rest.strip_prefix("session.")?;
     let (sid, name) = rest.split_once('.')?;
     let sid_ok = !sid.is_empty() && sid.len() <= 20 && sid.bytes().all(|b| b.is_ascii_digit());
     let session = sid.parse::<u64>().ok().filter(|_| sid_ok)?;
-    valid_name(name).then(|| TopicName { destination: dest.to_string(), session: Some(session) })
+    valid_name(name).then(|| TopicName {
+        destination: dest.to_string(),
+        session: Some(session),
+    })
 }
 
 pub fn parse_subscribe(dest: &str) -> Option<SubscribeTarget> {
@@ -76,7 +82,10 @@ mod tests {
 
     #[test]
     fn destinations() {
-        assert_eq!(parse_subscribe("/user/queue/message"), Some(SubscribeTarget::Messages));
+        assert_eq!(
+            parse_subscribe("/user/queue/message"),
+            Some(SubscribeTarget::Messages)
+        );
         assert_eq!(parse_subscribe("/user/queue/other"), None);
         let t = parse_topic("/topic/public.typing-1_x.y").unwrap();
         assert_eq!(t.session, None);

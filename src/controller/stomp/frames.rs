@@ -19,7 +19,13 @@ pub fn receipt(id: &str) -> Frame {
 }
 
 /// A JSON `MESSAGE` for one subscription.
-pub fn json_message(destination: &str, subscription: &str, message_id: &str, ack: Option<&str>, body: Bytes) -> Frame {
+pub fn json_message(
+    destination: &str,
+    subscription: &str,
+    message_id: &str,
+    ack: Option<&str>,
+    body: Bytes,
+) -> Frame {
     let mut f = Frame::new(Command::Message)
         .with_header("destination", destination)
         .with_header("content-type", "application/json")
