@@ -10,7 +10,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
-use crate::consumer::{ack_cycle, message_listener, session_consumer};
+use crate::consumer::ack_cycle::{self, AckConsumer};
+use crate::consumer::session_consumer::SessionConsumer;
+use crate::consumer::{message_listener, run_topic};
 use crate::embedded::{Embedded, SqliteStore, SqliteTopic};
 use crate::model::IdGenerator;
 use crate::service::backend::{DurableTopic, Store};
@@ -143,19 +145,25 @@ async fn start_consumers(
     let session_consumer = session_topic.consumer("inbox-writer").await?;
     let ack_consumer = ack_topic.consumer("ack-cycle").await?;
     Ok(vec![
-        tokio::spawn(session_consumer::run(
+        tokio::spawn(run_topic(
+            "session",
             session_consumer,
-            s.store.clone(),
-            s.stored.clone(),
-            events_tx,
+            SessionConsumer {
+                store: s.store.clone(),
+                watermark: s.stored.clone(),
+                events: events_tx,
+            },
             shutdown.subscribe(),
         )),
         tokio::spawn(message_listener::run(events_rx, s.delivery.clone())),
-        tokio::spawn(ack_cycle::run_acks(
+        tokio::spawn(run_topic(
+            "ack",
             ack_consumer,
-            s.store.clone(),
-            s.acks.clone(),
-            s.redelivery.clone(),
+            AckConsumer {
+                store: s.store.clone(),
+                acks: s.acks.clone(),
+                tracker: s.redelivery.clone(),
+            },
             shutdown.subscribe(),
         )),
         tokio::spawn(ack_cycle::run_redelivery(

@@ -9,76 +9,36 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use super::{backoff, POLL_MAX};
+use async_trait::async_trait;
+
+use super::{retry, BatchHandler};
 use crate::model::AckRecord;
-use crate::service::backend::{Store, TopicConsumer};
+use crate::service::backend::Store;
 use crate::service::redelivery::Verdict;
 use crate::service::{AckService, DeliveryHub, MessageService, RedeliveryTracker};
 
-pub async fn run_acks(
-    mut consumer: Box<dyn TopicConsumer>,
-    store: Arc<dyn Store>,
-    acks: Arc<AckService>,
-    tracker: Arc<RedeliveryTracker>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    loop {
-        // On shutdown, finish what was published before stopping.
-        if *shutdown.borrow() && consumer.lag() == 0 {
-            break;
-        }
-        let polled = tokio::select! {
-            polled = consumer.poll(POLL_MAX) => polled,
-            _ = shutdown.changed(), if !*shutdown.borrow() => continue,
-        };
-        let records = match polled {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(error = %e, "ack topic poll failed");
-                tokio::time::sleep(backoff(3)).await;
-                continue;
-            }
-        };
-        let Some(last) = records.last().map(|r| r.offset) else {
-            continue;
-        };
-        let batch: Vec<AckRecord> = records
-            .iter()
-            .filter_map(|r| match serde_json::from_slice(&r.payload) {
-                Ok(rec) => Some(rec),
-                Err(e) => {
-                    tracing::error!(offset = r.offset, error = %e, "undecodable ack record skipped");
-                    None
-                }
-            })
-            .collect();
-        let outcomes = apply_with_retry(&*store, &batch).await;
-        for (record, outcome) in batch.iter().zip(outcomes) {
-            tracker.resolve(record.user_id, &outcome.no_longer_pending);
-            if let Some(token) = record.reply_token {
-                acks.complete(token, outcome);
-            }
-        }
-        acks.applied_up_to(last);
-        if let Err(e) = consumer.commit(last).await {
-            tracing::warn!(error = %e, "ack offset commit failed; records will be re-read");
-        }
-        metrics::gauge!("herald_topic_consumer_lag", "topic" => "ack").set(consumer.lag() as f64);
-    }
-    tracing::info!("ack consumer stopped");
+/// Applies ack records to the inboxes.
+pub struct AckConsumer {
+    pub store: Arc<dyn Store>,
+    pub acks: Arc<AckService>,
+    pub tracker: Arc<RedeliveryTracker>,
 }
 
-async fn apply_with_retry(store: &dyn Store, batch: &[AckRecord]) -> Vec<crate::model::AckOutcome> {
-    let mut attempt = 0;
-    loop {
-        match store.apply_acks(batch.to_vec()).await {
-            Ok(outcomes) => return outcomes,
-            Err(e) => {
-                tracing::error!(error = %e, attempt, "applying acks failed; retrying");
-                tokio::time::sleep(backoff(attempt)).await;
-                attempt += 1;
+#[async_trait]
+impl BatchHandler for AckConsumer {
+    type Record = AckRecord;
+
+    async fn handle(&mut self, batch: Vec<AckRecord>, last_offset: u64) {
+        let store = &self.store;
+        let outcomes = retry("applying acks", || store.apply_acks(batch.clone())).await;
+        for (record, outcome) in batch.iter().zip(outcomes) {
+            self.tracker
+                .resolve(record.user_id, &outcome.no_longer_pending);
+            if let Some(token) = record.reply_token {
+                self.acks.complete(token, outcome);
             }
         }
+        self.acks.applied_up_to(last_offset);
     }
 }
 

@@ -2,12 +2,23 @@
 //! - `session_consumer`: session topic -> `MessageDoc` + inbox entries -> event
 //! - `message_listener`: event -> pushes to every online device
 //! - `ack_cycle`: ack topic -> inbox status; redelivery and dead letters
+//!
+//! Both topic consumers share `run_topic`: poll, decode, handle, commit,
+//! report lag, and on shutdown drain what was published before stopping.
 
 pub mod ack_cycle;
 pub mod message_listener;
 pub mod session_consumer;
 
+use std::future::Future;
 use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+
+use crate::error::BackendResult;
+use crate::service::backend::TopicConsumer;
 
 /// Records taken from a topic per poll.
 pub const POLL_MAX: usize = 2048;
@@ -15,4 +26,80 @@ pub const POLL_MAX: usize = 2048;
 /// Waits before retrying after a backend failure (grows to one second).
 pub fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(10u64.saturating_mul(1 << attempt.min(7)).min(1000))
+}
+
+/// Runs `op` until it succeeds: a consumer that skipped a batch would lose
+/// acknowledged messages or acks.
+pub async fn retry<T, F, Fut>(what: &str, mut op: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = BackendResult<T>>,
+{
+    let mut attempt = 0;
+    loop {
+        match op().await {
+            Ok(v) => return v,
+            Err(e) => {
+                tracing::error!(error = %e, attempt, "{what} failed; retrying");
+                tokio::time::sleep(backoff(attempt)).await;
+                attempt += 1;
+            }
+        }
+    }
+}
+
+/// What a topic consumer does with a decoded batch.
+#[async_trait]
+pub trait BatchHandler: Send {
+    type Record: DeserializeOwned + Send;
+    /// Handles records up to `last_offset`; must not give up (see `retry`).
+    async fn handle(&mut self, batch: Vec<Self::Record>, last_offset: u64);
+}
+
+/// The consume loop of topic `topic` (a metric label).
+pub async fn run_topic<H: BatchHandler>(
+    topic: &'static str,
+    mut consumer: Box<dyn TopicConsumer>,
+    mut handler: H,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        // On shutdown, finish what was published before stopping.
+        if *shutdown.borrow() && consumer.lag() == 0 {
+            break;
+        }
+        let polled = tokio::select! {
+            polled = consumer.poll(POLL_MAX) => polled,
+            _ = shutdown.changed(), if !*shutdown.borrow() => continue,
+        };
+        let records = match polled {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(topic, error = %e, "topic poll failed");
+                tokio::time::sleep(backoff(3)).await;
+                continue;
+            }
+        };
+        let Some(last) = records.last().map(|r| r.offset) else {
+            continue;
+        };
+        let batch = records
+            .iter()
+            .filter_map(|r| match serde_json::from_slice(&r.payload) {
+                Ok(rec) => Some(rec),
+                Err(e) => {
+                    // A record this version cannot read would block the
+                    // topic forever; it is logged and skipped.
+                    tracing::error!(topic, offset = r.offset, error = %e, "undecodable record skipped");
+                    None
+                }
+            })
+            .collect();
+        handler.handle(batch, last).await;
+        if let Err(e) = consumer.commit(last).await {
+            tracing::warn!(topic, error = %e, "offset commit failed; records will be re-read");
+        }
+        metrics::gauge!("herald_topic_consumer_lag", "topic" => topic).set(consumer.lag() as f64);
+    }
+    tracing::info!(topic, "consumer stopped");
 }

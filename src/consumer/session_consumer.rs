@@ -6,12 +6,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::sync::{mpsc, watch};
+use async_trait::async_trait;
+use tokio::sync::mpsc;
 
-use super::{backoff, POLL_MAX};
+use super::{retry, BatchHandler};
 use crate::model::ids::now_ms;
 use crate::model::{SendRecord, StoredMessage};
-use crate::service::backend::{Store, TopicConsumer};
+use crate::service::backend::Store;
 use crate::service::StoredWatermark;
 
 /// A message just stored, with the connection that sent it.
@@ -22,51 +23,24 @@ pub struct MessageSent {
     pub stored_at: Instant,
 }
 
-pub async fn run(
-    mut consumer: Box<dyn TopicConsumer>,
-    store: Arc<dyn Store>,
-    watermark: Arc<StoredWatermark>,
-    events: mpsc::Sender<Vec<MessageSent>>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    loop {
-        // On shutdown, finish what was published before stopping.
-        if *shutdown.borrow() && consumer.lag() == 0 {
-            break;
-        }
-        let polled = tokio::select! {
-            polled = consumer.poll(POLL_MAX) => polled,
-            _ = shutdown.changed(), if !*shutdown.borrow() => continue,
-        };
-        let records = match polled {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(error = %e, "session topic poll failed");
-                tokio::time::sleep(backoff(3)).await;
-                continue;
-            }
-        };
-        let Some(last) = records.last().map(|r| r.offset) else {
-            continue;
-        };
-        let mut origins = HashMap::with_capacity(records.len());
-        let batch: Vec<SendRecord> = records
+pub struct SessionConsumer {
+    pub store: Arc<dyn Store>,
+    pub watermark: Arc<StoredWatermark>,
+    pub events: mpsc::Sender<Vec<MessageSent>>,
+}
+
+#[async_trait]
+impl BatchHandler for SessionConsumer {
+    type Record = SendRecord;
+
+    async fn handle(&mut self, batch: Vec<SendRecord>, last_offset: u64) {
+        let origins: HashMap<u64, u64> = batch
             .iter()
-            .filter_map(|r| match serde_json::from_slice::<SendRecord>(&r.payload) {
-                Ok(rec) => {
-                    origins.insert(rec.message_id, rec.origin_conn);
-                    Some(rec)
-                }
-                Err(e) => {
-                    // A record this version cannot read would block the
-                    // topic forever; it is logged and skipped.
-                    tracing::error!(offset = r.offset, error = %e, "undecodable session record skipped");
-                    None
-                }
-            })
+            .filter_map(|r| r.origin_conn.map(|c| (r.message_id, c)))
             .collect();
-        let stored = store_with_retry(&*store, batch).await;
-        watermark.advance(last);
+        let store = &self.store;
+        let stored = retry("storing messages", || store.store_messages(batch.clone())).await;
+        self.watermark.advance(last_offset);
         let stored_at = Instant::now();
         let now = now_ms();
         let sent: Vec<MessageSent> = stored
@@ -74,7 +48,7 @@ pub async fn run(
             .map(|s| {
                 let delay = (now - s.accepted_at_ms).max(0) as f64 / 1000.0;
                 metrics::histogram!("herald_send_to_store_seconds").record(delay);
-                let origin_conn = origins.get(&s.doc.message_id).copied().flatten();
+                let origin_conn = origins.get(&s.doc.message_id).copied();
                 MessageSent {
                     stored: s,
                     origin_conn,
@@ -82,30 +56,8 @@ pub async fn run(
                 }
             })
             .collect();
-        if !sent.is_empty() && events.send(sent).await.is_err() {
+        if !sent.is_empty() && self.events.send(sent).await.is_err() {
             tracing::warn!("message listener is gone");
-        }
-        if let Err(e) = consumer.commit(last).await {
-            tracing::warn!(error = %e, "session offset commit failed; records will be re-read");
-        }
-        metrics::gauge!("herald_topic_consumer_lag", "topic" => "session")
-            .set(consumer.lag() as f64);
-    }
-    tracing::info!("session consumer stopped");
-}
-
-/// Stores a batch, retrying until the backend takes it: skipping it would
-/// lose acknowledged messages.
-async fn store_with_retry(store: &dyn Store, batch: Vec<SendRecord>) -> Vec<StoredMessage> {
-    let mut attempt = 0;
-    loop {
-        match store.store_messages(batch.clone()).await {
-            Ok(stored) => return stored,
-            Err(e) => {
-                tracing::error!(error = %e, attempt, "storing messages failed; retrying");
-                tokio::time::sleep(backoff(attempt)).await;
-                attempt += 1;
-            }
         }
     }
 }
