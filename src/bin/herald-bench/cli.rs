@@ -11,7 +11,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// that stalls the generator cannot hide its delays (no coordinated
 /// omission). Every message carries (run, sender, sequence, due time) in its
 /// body; receivers ack every message and count loss, duplicates and
-/// out-of-order deliveries.
+/// out-of-order deliveries. Sends go out on tokio's 1 ms timer ticks, so
+/// latencies include up to about 1 ms of generator timer granularity.
 ///
 /// Herald applies a per-user send rate limit (default 50 msg/s, burst 100)
 /// and a per-user connection limit (default 16). For load tests start it
@@ -109,8 +110,18 @@ pub enum Scenario {
     FindMax(FindMaxArgs),
     /// N idle, authenticated, subscribed connections: server RSS per
     /// connection (needs --server-pid).
+    ///
+    /// Measure a freshly started server: memory the server freed earlier
+    /// (e.g. after a previous run's connections closed) stays resident and is
+    /// reused, which hides the cost of new connections. Herald: password
+    /// hashing (argon2)
+    /// during setup leaves memory resident that new connections then reuse,
+    /// which hides their cost; for a clean figure run once with
+    /// --users-file, restart the server on the same data dir and run again
+    /// (cached tokens need no hashing).
     Idle(IdleArgs),
-    /// A group of G online members receives messages sent at rate R.
+    /// A group of G online members receives messages sent at rate R
+    /// (stomp target: every member subscribes `/topic/<prefix>fanout`).
     Fanout(FanoutArgs),
     /// One user receives K messages while offline, then syncs them over REST.
     Sync(SyncArgs),

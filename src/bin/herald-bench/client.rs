@@ -53,7 +53,7 @@ impl Target {
                 let rest = base
                     .strip_prefix("http://")
                     .context("--url must be http://HOST:PORT for --target herald")?;
-                let host = rest.split(':').next().unwrap_or(rest).to_string();
+                let host = rest.split([':', '/']).next().unwrap_or(rest).to_string();
                 (base.clone(), format!("ws://{rest}/ws"), host)
             }
             TargetKind::Stomp => {
@@ -295,7 +295,7 @@ pub async fn connect_all(
         let done = Arc::clone(&done);
         async move {
             let what = format!("connection {} to {}", id.idx, target.ws_url);
-            let conn = within(&what, target.connect_timeout, async {
+            let conn = within(target.connect_timeout, async {
                 let headers = target.connect_headers(id.token.as_deref());
                 let mut conn = Conn::connect(&target.ws_url, &headers, opts.read_buffer).await?;
                 conn.subscribe(target.subscriptions(id.idx, opts.mode))
@@ -303,7 +303,7 @@ pub async fn connect_all(
                 Ok(conn)
             })
             .await
-            .with_context(|| what.clone())?;
+            .with_context(|| what)?;
             done.fetch_add(1, Ordering::Relaxed);
             Ok::<_, anyhow::Error>((id.idx, conn))
         }

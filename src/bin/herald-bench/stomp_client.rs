@@ -182,12 +182,11 @@ impl Conn {
 
 /// Runs `fut` with a timeout, turning the elapsed case into an error.
 pub async fn within<T>(
-    what: &str,
     limit: Duration,
     fut: impl std::future::Future<Output = Result<T>>,
 ) -> Result<T> {
     match tokio::time::timeout(limit, fut).await {
         Ok(r) => r,
-        Err(_) => bail!("{what}: no answer within {:.1} s", limit.as_secs_f64()),
+        Err(_) => bail!("no answer within {:.1} s", limit.as_secs_f64()),
     }
 }

@@ -138,6 +138,15 @@ pub async fn run(env: &Env, a: &IdleArgs) -> Result<ExitCode> {
             .get("generator_kib_per_connection")
             .map_or("-".into(), |v| v.to_string()),
     );
+    if let (Some(b), Some(a)) = (rss_before, rss_after) {
+        if (a.saturating_sub(b) as f64) < n as f64 {
+            eprintln!(
+                "warning: under 1 KiB per connection is not credible: the server probably reused \
+                 memory it had freed before (earlier runs, password hashing). Restart it and \
+                 measure first thing (see --help)."
+            );
+        }
+    }
     shutdown(&shared, &clients);
     Ok(exit_code(&shared))
 }
