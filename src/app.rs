@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::consumer::ack_cycle::{self, AckConsumer};
 use crate::consumer::session_consumer::SessionConsumer;
 use crate::consumer::{message_listener, run_topic};
+use crate::controller::listener::NoDelayAcceptor;
 use crate::embedded::{Embedded, SqliteStore, SqliteTopic};
 use crate::model::IdGenerator;
 use crate::service::backend::{DurableTopic, Store};
@@ -182,9 +183,12 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let listen = cfg.listen.clone();
     let node = Node::start(cfg).await?;
     let app = crate::controller::routes(node.services.clone(), metrics);
-    let listener = poem::listener::TcpListener::bind(listen.clone());
+    crate::sys::raise_fd_limit();
+    let acceptor = NoDelayAcceptor::bind(&listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
     tracing::info!(%listen, "herald listening");
-    poem::Server::new(listener)
+    poem::Server::new_with_acceptor(acceptor)
         .run_with_graceful_shutdown(app, shutdown_signal(), Some(Duration::from_secs(2)))
         .await
         .with_context(|| format!("cannot serve on {listen}"))?;

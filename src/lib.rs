@@ -13,4 +13,5 @@ pub mod error;
 pub mod model;
 pub mod service;
 pub mod stomp;
+pub mod sys;
 pub mod telemetry;

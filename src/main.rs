@@ -38,6 +38,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    herald::sys::tune_allocator();
     let cli = Cli::parse();
     match cli.command {
         Command::Openapi => {

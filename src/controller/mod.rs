@@ -1,6 +1,7 @@
 //! Entry points: the REST API (`rest`), STOMP over WebSocket (`stomp`), and
 //! the operational endpoints (health, readiness, metrics, docs, web client).
 
+pub mod listener;
 pub mod rest;
 pub mod stomp;
 

@@ -27,7 +27,11 @@ pub struct AuthService {
     /// A real hash to verify against for unknown users, so a login's timing
     /// does not tell whether the username exists.
     dummy_hash: String,
+    hashing: tokio::sync::Semaphore,
 }
+
+/// Password hashes computed at once (each takes a core and 19 MiB).
+const HASH_CONCURRENCY: usize = 2;
 
 /// An issued token.
 pub struct IssuedToken {
@@ -47,11 +51,18 @@ impl AuthService {
             validation,
             ttl_secs,
             dummy_hash,
+            hashing: tokio::sync::Semaphore::new(HASH_CONCURRENCY),
         })
     }
 
-    /// Hashes on the blocking pool: argon2 takes tens of milliseconds.
+    /// Hashes on the blocking pool: argon2 takes tens of milliseconds and
+    /// 19 MiB, so at most `HASH_CONCURRENCY` run at once.
     pub async fn hash_password(&self, password: String) -> AppResult<String> {
+        let _permit = self
+            .hashing
+            .acquire()
+            .await
+            .map_err(|_| AppError::Unavailable("shutting down".into()))?;
         tokio::task::spawn_blocking(move || hash_password_blocking(&password))
             .await
             .map_err(|_| AppError::Unavailable("password hashing failed".into()))?
@@ -61,6 +72,9 @@ impl AuthService {
     pub async fn verify_password(&self, password: String, hash: Option<String>) -> bool {
         let known = hash.is_some();
         let hash = hash.unwrap_or_else(|| self.dummy_hash.clone());
+        let Ok(_permit) = self.hashing.acquire().await else {
+            return false;
+        };
         let ok = tokio::task::spawn_blocking(move || {
             PasswordHash::new(&hash)
                 .map(|parsed| {

@@ -1,0 +1,35 @@
+//! Process-level settings made once at start-up.
+
+/// Raises the open-files soft limit to the hard limit: every WebSocket is a
+/// file descriptor, and the usual soft limit of 1024 is far below what one
+/// node serves.
+pub fn raise_fd_limit() {
+    #[cfg(unix)]
+    {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit/setrlimit only read/write the struct we pass.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+                lim.rlim_cur = lim.rlim_max;
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    tracing::warn!("cannot raise the open-files limit");
+                }
+            }
+        }
+    }
+}
+
+/// Makes glibc return large freed blocks to the system. Password hashing
+/// allocates 19 MiB per hash; with glibc's adaptive mmap threshold those
+/// blocks would stay in per-thread arenas and the server would grow by
+/// that much for every thread that ever hashed.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+    }
+}
