@@ -153,10 +153,8 @@ impl Counters {
             return Ok(*v);
         }
         let last: i64 = c
-            .prepare_cached("SELECT last_inbox_seq FROM inbox_state WHERE user_id = ?")?
-            .query_row([user_id as i64], |r| r.get(0))
-            .optional()?
-            .unwrap_or(0);
+            .prepare_cached("SELECT coalesce(max(inbox_seq), 0) FROM inbox WHERE user_id = ?")?
+            .query_row([user_id as i64], |r| r.get(0))?;
         self.inbox_seq.insert(user_id, last + 1);
         Ok(last + 1)
     }
@@ -189,13 +187,6 @@ impl Counters {
         for (sid, seq) in &self.session_seq {
             let (mid, ts) = self.session_last.get(sid).copied().unwrap_or((0, 0));
             upd.execute(params![*sid as i64, seq, mid as i64, ts])?;
-        }
-        let mut st = c.prepare_cached(
-            "INSERT INTO inbox_state(user_id, last_inbox_seq) VALUES (?1, ?2)
-             ON CONFLICT(user_id) DO UPDATE SET last_inbox_seq = ?2",
-        )?;
-        for (uid, seq) in &self.inbox_seq {
-            st.execute(params![*uid as i64, seq])?;
         }
         Ok(())
     }
@@ -278,12 +269,12 @@ fn store_batch(c: &Connection, records: Vec<SendRecord>) -> BackendResult<Vec<St
     Ok(out)
 }
 
-fn status_of(c: &Connection, user_id: u64, message_id: u64) -> BackendResult<Option<InboxStatus>> {
+/// Where a message sits in every inbox: (session id, seq).
+fn message_position(c: &Connection, message_id: u64) -> BackendResult<Option<(i64, i64)>> {
     Ok(
-        c.prepare_cached("SELECT status FROM inbox WHERE user_id = ? AND message_id = ?")?
-            .query_row([user_id as i64, message_id as i64], |r| r.get::<_, i64>(0))
-            .optional()?
-            .map(InboxStatus::from_code),
+        c.prepare_cached("SELECT session_id, seq FROM messages WHERE message_id = ?")?
+            .query_row([message_id as i64], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?,
     )
 }
 
@@ -295,15 +286,23 @@ fn apply_ack(c: &Connection, ack: &AckRecord) -> BackendResult<AckOutcome> {
             message_ids,
             status,
         } => {
+            let mut sel = c.prepare_cached(
+                "SELECT status FROM inbox WHERE user_id = ? AND session_id = ? AND seq = ?",
+            )?;
             let mut upd = c.prepare_cached(
-                "UPDATE inbox SET status = ? WHERE user_id = ? AND message_id = ?",
+                "UPDATE inbox SET status = ? WHERE user_id = ? AND session_id = ? AND seq = ?",
             )?;
             for &mid in message_ids {
-                let Some(old) = status_of(c, ack.user_id, mid)? else {
+                let Some((session, seq)) = message_position(c, mid)? else {
                     continue;
                 };
+                let old = sel
+                    .query_row(params![user, session, seq], |r| r.get::<_, i64>(0))
+                    .optional()?
+                    .map(InboxStatus::from_code);
+                let Some(old) = old else { continue };
                 if old < *status {
-                    upd.execute(params![status.code(), user, mid as i64])?;
+                    upd.execute(params![status.code(), user, session, seq])?;
                     out.updated += 1;
                     if old == InboxStatus::Pending {
                         out.no_longer_pending.push(mid);
@@ -707,7 +706,7 @@ impl Store for SqliteStore {
                 for id in ids {
                     out.extend(inbox_query(
                         c,
-                        "WHERE i.user_id = ?1 AND i.message_id = ?2",
+                        "WHERE m.message_id = ?2 AND i.user_id = ?1 AND i.session_id = m.session_id AND i.seq = m.seq",
                         &[&(user_id as i64), &(id as i64)],
                     )?);
                 }
