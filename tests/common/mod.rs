@@ -198,6 +198,11 @@ impl TestServer {
         self.port
     }
 
+    /// Process id of the running server (None while it is stopped).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn base_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }

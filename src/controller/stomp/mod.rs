@@ -26,7 +26,7 @@ pub async fn ws_endpoint(ws: WebSocket, services: Data<&Services>) -> impl IntoR
     // library defaults' hundreds. Messages may carry up to a whole frame
     // (plus a frame split across messages is reassembled by our decoder).
     let config = WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(1024)
         .write_buffer_size(0)
         .max_write_buffer_size(max_frame.saturating_mul(4).max(1 << 20))
         .max_message_size(Some(max_frame + 64 * 1024))
