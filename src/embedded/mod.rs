@@ -3,6 +3,7 @@
 //! groups whatever is queued into one transaction (group commit), so a burst
 //! of sends costs one fsync, not one per message.
 
+mod checkpointer;
 mod reader;
 mod schema;
 mod store;
@@ -39,6 +40,7 @@ impl Embedded {
         let path = data_dir.join("herald.db");
         let conn = schema::open_write(&path, durability_full)?;
         let writer = Writer::start(conn, batch_max)?;
+        checkpointer::start(&path)?;
         let readers = Arc::new(ReadPool::new(path));
         Ok(Embedded { writer, readers })
     }

@@ -92,8 +92,10 @@ pub fn open_write(path: &Path, durability_full: bool) -> BackendResult<Connectio
     // power loss. NORMAL survives a crash of the process only.
     let sync = if durability_full { "FULL" } else { "NORMAL" };
     conn.pragma_update(None, "synchronous", sync)?;
-    // Fewer, larger checkpoints keep the writer's commit latency steady.
-    conn.pragma_update(None, "wal_autocheckpoint", 8000)?;
+    // Checkpoints run on their own thread (see `checkpointer`), never
+    // inside one of the writer's commits, where they stalled every send
+    // queued behind them.
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     conn.pragma_update(None, "cache_size", -64_000)?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.set_prepared_statement_cache_capacity(128);
@@ -113,5 +115,12 @@ pub fn open_read(path: &Path) -> BackendResult<Connection> {
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.pragma_update(None, "cache_size", -16_000)?;
     conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+/// Opens the checkpointer's connection.
+pub fn open_checkpointer(path: &Path) -> BackendResult<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
     Ok(conn)
 }
