@@ -19,7 +19,7 @@ use crate::model::IdGenerator;
 use crate::service::backend::{DurableTopic, Store};
 use crate::service::{
     AckService, AuthService, DeliveryHub, Directory, MessageService, RedeliveryTracker, Services,
-    StoredWatermark,
+    Watermark,
 };
 
 /// Events queued between the session consumer and the listener (batches).
@@ -91,7 +91,7 @@ impl Node {
             Duration::from_millis(cfg.max_redelivery_wait_ms),
             cfg.max_redeliveries,
         ));
-        let stored = Arc::new(StoredWatermark::default());
+        let stored = Arc::new(Watermark::default());
         let messages = Arc::new(MessageService::new(
             cfg.clone(),
             ids.clone(),

@@ -13,7 +13,7 @@ use super::{retry, BatchHandler};
 use crate::model::ids::now_ms;
 use crate::model::{SendRecord, StoredMessage};
 use crate::service::backend::Store;
-use crate::service::StoredWatermark;
+use crate::service::Watermark;
 
 /// A message just stored, with the connection that sent it.
 #[derive(Debug, Clone)]
@@ -25,7 +25,7 @@ pub struct MessageSent {
 
 pub struct SessionConsumer {
     pub store: Arc<dyn Store>,
-    pub watermark: Arc<StoredWatermark>,
+    pub watermark: Arc<Watermark>,
     pub events: mpsc::Sender<Vec<MessageSent>>,
 }
 

@@ -12,13 +12,14 @@ use tokio::sync::watch;
 use super::{schema, Embedded, ReadPool, Writer};
 use crate::error::{BackendError, BackendResult};
 use crate::service::backend::{Durable, DurableTopic, PublishOnce, TopicConsumer, TopicRecord};
+use crate::service::watermark::Watermark;
 
 pub struct SqliteTopic {
     name: String,
     table: String,
     writer: Writer,
     readers: Arc<ReadPool>,
-    head: Arc<watch::Sender<u64>>,
+    head: Arc<Watermark>,
 }
 
 impl SqliteTopic {
@@ -46,7 +47,7 @@ impl SqliteTopic {
                 Ok(max.max(seq.unwrap_or(0)) as u64)
             })
             .await?;
-        let (head, _) = watch::channel(head);
+        let head = Watermark::new(head);
         Ok(Arc::new(SqliteTopic {
             name: name.to_string(),
             table,
@@ -54,17 +55,6 @@ impl SqliteTopic {
             readers: db.readers.clone(),
             head: Arc::new(head),
         }))
-    }
-
-    fn advance_head(head: &watch::Sender<u64>, offset: u64) {
-        head.send_if_modified(|h| {
-            if offset > *h {
-                *h = offset;
-                true
-            } else {
-                false
-            }
-        });
     }
 }
 
@@ -84,7 +74,7 @@ impl DurableTopic for SqliteTopic {
                     c.prepare_cached(&sql)?.execute([&payload])?;
                     Ok(c.last_insert_rowid() as u64)
                 },
-                move |offset| Self::advance_head(&head, *offset),
+                move |offset| head.advance(*offset),
             )
             .await?;
         Ok(Box::pin(async move {
@@ -123,7 +113,7 @@ impl DurableTopic for SqliteTopic {
                 },
                 move |outcome| {
                     if let PublishOnce::Published(offset) = outcome {
-                        Self::advance_head(&head, *offset);
+                        head.advance(*offset);
                     }
                 },
             )

@@ -11,6 +11,7 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::backend::DurableTopic;
+use super::watermark::Watermark;
 use crate::error::{AppError, AppResult};
 use crate::model::{parse_id, AckCommand, AckOutcome, AckRecord, InboxStatus};
 
@@ -30,7 +31,7 @@ pub struct AckService {
     /// (acks of `ack_soon` published so far, highest offset they used).
     soon_published: watch::Sender<(u64, u64)>,
     /// Highest ack-topic offset the ack-cycle consumer has applied.
-    applied: watch::Sender<u64>,
+    applied: Watermark,
 }
 
 /// Longest wait of `settle`: a stalled ack pipeline delays reads, never
@@ -65,7 +66,7 @@ impl AckService {
             soon,
             soon_queued: AtomicU64::new(0),
             soon_published: watch::channel((0, 0)).0,
-            applied: watch::channel(0).0,
+            applied: Watermark::default(),
         });
         tokio::spawn(batch_loop(Arc::downgrade(&svc), rx));
         svc
@@ -121,19 +122,12 @@ impl AckService {
         if offset == 0 {
             return;
         }
-        let mut applied = self.applied.subscribe();
-        let _ = tokio::time::timeout(SETTLE_TIMEOUT, applied.wait_for(|a| *a >= offset)).await;
+        self.applied.wait_for(offset, SETTLE_TIMEOUT).await;
     }
 
     /// The ack-cycle consumer applied everything up to `offset`.
     pub fn applied_up_to(&self, offset: u64) {
-        self.applied.send_if_modified(|a| {
-            let advanced = offset > *a;
-            if advanced {
-                *a = offset;
-            }
-            advanced
-        });
+        self.applied.advance(offset);
     }
 
     /// Hands the outcome of a record to its waiting caller, if any.

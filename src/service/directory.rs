@@ -14,7 +14,7 @@ use super::backend::Store;
 use crate::error::{AppError, AppResult};
 use crate::model::dto::{validation_message, GroupVo, LoginReq, LoginResp, RegisterReq, UserVo};
 use crate::model::ids::now_ms;
-use crate::model::{parse_id, Group, IdGenerator, SessionInfo, SessionType, User};
+use crate::model::{parse_id, Group, IdGenerator, SessionInfo, User};
 
 pub struct Directory {
     store: Arc<dyn Store>,
@@ -292,10 +292,5 @@ impl Directory {
         }
         self.forget_group(&g);
         Ok(())
-    }
-
-    /// Whether `session` is a group session (for listing).
-    pub fn is_group(session: &SessionInfo) -> bool {
-        session.session_type == SessionType::Group
     }
 }

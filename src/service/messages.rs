@@ -11,7 +11,7 @@ use super::backend::{Durable, DurableTopic, PublishOnce, RecallOutcome, Store};
 use super::delivery::{DeliveryHub, UserEvent};
 use super::directory::Directory;
 use super::rate_limit::RateLimiter;
-use super::watermark::StoredWatermark;
+use super::watermark::Watermark;
 use crate::config::Config;
 use crate::error::{AppError, AppResult};
 use crate::model::dto::{
@@ -36,7 +36,7 @@ pub struct MessageService {
     acks: Arc<AckService>,
     delivery: Arc<DeliveryHub>,
     send_limiter: RateLimiter<u64>,
-    stored: Arc<StoredWatermark>,
+    stored: Arc<Watermark>,
 }
 
 /// A send that is queued on the session topic; awaiting it yields the
@@ -75,7 +75,7 @@ impl MessageService {
         directory: Arc<Directory>,
         acks: Arc<AckService>,
         delivery: Arc<DeliveryHub>,
-        stored: Arc<StoredWatermark>,
+        stored: Arc<Watermark>,
     ) -> MessageService {
         let send_limiter = RateLimiter::new(config.send_rate_per_sec, config.send_burst);
         MessageService {

@@ -22,7 +22,7 @@ pub use delivery::DeliveryHub;
 pub use directory::Directory;
 pub use messages::MessageService;
 pub use redelivery::RedeliveryTracker;
-pub use watermark::StoredWatermark;
+pub use watermark::Watermark;
 
 /// Every service of one node, shared by controllers and consumers.
 #[derive(Clone)]
@@ -35,6 +35,6 @@ pub struct Services {
     pub acks: Arc<AckService>,
     pub delivery: Arc<DeliveryHub>,
     pub redelivery: Arc<RedeliveryTracker>,
-    pub stored: Arc<StoredWatermark>,
+    pub stored: Arc<Watermark>,
     pub store: Arc<dyn backend::Store>,
 }

@@ -97,18 +97,21 @@ impl RedeliveryTracker {
         }
     }
 
-    pub fn is_tracked(&self, user_id: u64, message_id: u64) -> bool {
+    #[cfg(test)]
+    fn is_tracked(&self, user_id: u64, message_id: u64) -> bool {
         self.state
             .lock()
             .entries
             .contains_key(&(user_id, message_id))
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.state.lock().entries.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.len() == 0
     }
 

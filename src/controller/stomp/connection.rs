@@ -547,15 +547,7 @@ impl Connection {
 
     /// Writes a JSON MESSAGE to every subscription of this connection to `target`.
     fn write_own_queue(&mut self, target: &SubscribeTarget, dest: &str, body: Bytes) {
-        let subs: Vec<(String, AckMode)> = match self.session.as_ref() {
-            Some(s) => s
-                .subs
-                .iter()
-                .filter(|(_, sub)| &sub.target == target)
-                .map(|(id, sub)| (id.clone(), sub.ack))
-                .collect(),
-            None => return,
-        };
+        let subs = self.subscriptions(|t| t == target);
         for (sub_id, mode) in subs {
             let message_id = self.next_id();
             let ack = self.remember(&sub_id, mode, &message_id, UnackedKind::Other);
@@ -818,12 +810,7 @@ impl Connection {
             return;
         };
         let user_id = s.user_id;
-        let subs: Vec<(String, AckMode)> = s
-            .subs
-            .iter()
-            .filter(|(_, sub)| sub.target == SubscribeTarget::Messages)
-            .map(|(id, sub)| (id.clone(), sub.ack))
-            .collect();
+        let subs = self.subscriptions(|t| *t == SubscribeTarget::Messages);
         let message_id = ev.message_id.to_string();
         for (sub_id, mode) in subs {
             let ack = self.remember(
@@ -859,15 +846,9 @@ impl Connection {
     }
 
     fn write_broadcast(&mut self, b: &Broadcast) {
-        let Some(s) = self.session.as_ref() else {
-            return;
-        };
-        let subs: Vec<(String, AckMode)> = s
-            .subs
-            .iter()
-            .filter(|(_, sub)| matches!(&sub.target, SubscribeTarget::Topic(t) if *t.destination == *b.destination))
-            .map(|(id, sub)| (id.clone(), sub.ack))
-            .collect();
+        let subs = self.subscriptions(
+            |t| matches!(t, SubscribeTarget::Topic(topic) if *topic.destination == *b.destination),
+        );
         for (sub_id, mode) in subs {
             let message_id = self.next_id();
             let mut f = Frame::new(Command::Message).with_header("destination", &*b.destination);
@@ -883,6 +864,18 @@ impl Connection {
             }
             self.outgoing.push(f.with_body(b.body.clone()));
         }
+    }
+
+    /// (id, ack mode) of this connection's subscriptions whose target matches.
+    fn subscriptions(&self, matches: impl Fn(&SubscribeTarget) -> bool) -> Vec<(String, AckMode)> {
+        let Some(s) = self.session.as_ref() else {
+            return Vec::new();
+        };
+        s.subs
+            .iter()
+            .filter(|(_, sub)| matches(&sub.target))
+            .map(|(id, sub)| (id.clone(), sub.ack))
+            .collect()
     }
 
     /// Remembers a client-mode push until it is acked; returns its `ack` id.
