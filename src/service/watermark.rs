@@ -5,30 +5,51 @@
 //! reads wait for acks queued before them, so a client reads back what it
 //! was told had happened.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use parking_lot::Mutex;
+use tokio::sync::{oneshot, watch};
 
 pub struct Watermark {
     offset: watch::Sender<u64>,
+    /// `wait_for` callers by the offset they wait for. Each advance wakes
+    /// only those it satisfies: a watch receiver per waiter would wake every
+    /// in-flight send at every advance (quadratic under load).
+    waiters: Mutex<BTreeMap<u64, Vec<oneshot::Sender<()>>>>,
 }
 
 impl Watermark {
     pub fn new(start: u64) -> Watermark {
         Watermark {
             offset: watch::channel(start).0,
+            waiters: Mutex::new(BTreeMap::new()),
         }
     }
 
     /// Everything up to `offset` is done; going back is ignored.
     pub fn advance(&self, offset: u64) {
-        self.offset.send_if_modified(|o| {
+        let forward = self.offset.send_if_modified(|o| {
             let forward = offset > *o;
             if forward {
                 *o = offset;
             }
             forward
         });
+        if !forward {
+            return;
+        }
+        let reached = {
+            let mut waiters = self.waiters.lock();
+            let later = match offset.checked_add(1) {
+                Some(next) => waiters.split_off(&next),
+                None => BTreeMap::new(),
+            };
+            std::mem::replace(&mut *waiters, later)
+        };
+        for tx in reached.into_values().flatten() {
+            let _ = tx.send(());
+        }
     }
 
     pub fn get(&self) -> u64 {
@@ -42,8 +63,19 @@ impl Watermark {
 
     /// Waits until `offset` is reached; `false` if `timeout` passed first.
     pub async fn wait_for(&self, offset: u64, timeout: Duration) -> bool {
-        let mut rx = self.offset.subscribe();
-        tokio::time::timeout(timeout, rx.wait_for(|o| *o >= offset))
+        let rx = {
+            let mut waiters = self.waiters.lock();
+            // Checked under the lock: an advance that raced past this check
+            // drains the map after it, and so sees the entry added here.
+            if self.get() >= offset {
+                return true;
+            }
+            let (tx, rx) = oneshot::channel();
+            waiters.entry(offset).or_default().push(tx);
+            rx
+        };
+        // A waiter that timed out stays queued until an advance passes it.
+        tokio::time::timeout(timeout, rx)
             .await
             .is_ok_and(|r| r.is_ok())
     }
