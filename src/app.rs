@@ -74,9 +74,9 @@ impl Node {
             cfg.commit_batch_max,
         )
         .with_context(|| format!("cannot open the store in {}", cfg.data_dir.display()))?;
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::new(&db));
-        let session_topic: Arc<dyn DurableTopic> = SqliteTopic::open(&db, "session").await?;
-        let ack_topic: Arc<dyn DurableTopic> = SqliteTopic::open(&db, "ack").await?;
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::new(&db.documents));
+        let session_topic: Arc<dyn DurableTopic> = SqliteTopic::open(&db.topics, "session").await?;
+        let ack_topic: Arc<dyn DurableTopic> = SqliteTopic::open(&db.topics, "ack").await?;
         let secret = jwt_secret(&cfg)?;
         let ids = Arc::new(IdGenerator::new(cfg.node_id));
         let auth = Arc::new(AuthService::new(&secret, cfg.jwt_ttl_secs)?);
@@ -136,6 +136,10 @@ impl Node {
     }
 }
 
+/// Consumer groups of the session and ack topics.
+const INBOX_WRITER: &str = "inbox-writer";
+const ACK_CYCLE: &str = "ack-cycle";
+
 async fn start_consumers(
     s: &Services,
     session_topic: &dyn DurableTopic,
@@ -143,11 +147,16 @@ async fn start_consumers(
     shutdown: &watch::Sender<bool>,
 ) -> anyhow::Result<Vec<JoinHandle<()>>> {
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
-    let session_consumer = session_topic.consumer("inbox-writer").await?;
-    let ack_consumer = ack_topic.consumer("ack-cycle").await?;
+    // Each consumer resumes where the documents say it got to: they hold
+    // its position in the same transactions as what it applied.
+    let resume = s.store.applied_position(INBOX_WRITER).await?;
+    let session_consumer = session_topic.consumer(INBOX_WRITER, resume).await?;
+    let resume = s.store.applied_position(ACK_CYCLE).await?;
+    let ack_consumer = ack_topic.consumer(ACK_CYCLE, resume).await?;
     Ok(vec![
         tokio::spawn(run_topic(
             "session",
+            INBOX_WRITER,
             session_consumer,
             SessionConsumer {
                 store: s.store.clone(),
@@ -159,6 +168,7 @@ async fn start_consumers(
         tokio::spawn(message_listener::run(events_rx, s.delivery.clone())),
         tokio::spawn(run_topic(
             "ack",
+            ACK_CYCLE,
             ack_consumer,
             AckConsumer {
                 store: s.store.clone(),

@@ -12,8 +12,8 @@ use tokio::sync::watch;
 use async_trait::async_trait;
 
 use super::{retry, BatchHandler};
-use crate::model::AckRecord;
-use crate::service::backend::Store;
+use crate::model::AckEnvelope;
+use crate::service::backend::{AppliedPosition, Store};
 use crate::service::redelivery::Verdict;
 use crate::service::{AckService, DeliveryHub, MessageService, RedeliveryTracker};
 
@@ -26,11 +26,15 @@ pub struct AckConsumer {
 
 #[async_trait]
 impl BatchHandler for AckConsumer {
-    type Record = AckRecord;
+    type Record = AckEnvelope;
 
-    async fn handle(&mut self, batch: Vec<AckRecord>, last_offset: u64) {
+    async fn handle(&mut self, batch: Vec<AckEnvelope>, applied: AppliedPosition) {
+        let batch: Vec<_> = batch
+            .into_iter()
+            .flat_map(AckEnvelope::into_records)
+            .collect();
         let store = &self.store;
-        let outcomes = retry("applying acks", || store.apply_acks(batch.clone())).await;
+        let outcomes = retry("applying acks", || store.apply_acks(batch.clone(), applied)).await;
         for (record, outcome) in batch.iter().zip(outcomes) {
             self.tracker
                 .resolve(record.user_id, &outcome.no_longer_pending);
@@ -38,7 +42,11 @@ impl BatchHandler for AckConsumer {
                 self.acks.complete(token, outcome);
             }
         }
-        self.acks.applied_up_to(last_offset);
+        self.acks.applied_up_to(applied.offset);
+    }
+
+    fn durable_position(&self, consumer: &str) -> u64 {
+        self.store.durable_position(consumer)
     }
 }
 

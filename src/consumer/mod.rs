@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
 use crate::error::BackendResult;
-use crate::service::backend::TopicConsumer;
+use crate::service::backend::{AppliedPosition, TopicConsumer};
 
 /// Records taken from a topic per poll.
 pub const POLL_MAX: usize = 2048;
@@ -52,17 +52,24 @@ where
 #[async_trait]
 pub trait BatchHandler: Send {
     type Record: DeserializeOwned + Send;
-    /// Handles records up to `last_offset`; must not give up (see `retry`).
-    async fn handle(&mut self, batch: Vec<Self::Record>, last_offset: u64);
+    /// Handles records up to `applied.offset` and saves that position with
+    /// what it wrote; must not give up (see `retry`).
+    async fn handle(&mut self, batch: Vec<Self::Record>, applied: AppliedPosition);
+    /// The highest saved position that is on disk (see
+    /// `Store::durable_position`): the topic may forget records up to it.
+    fn durable_position(&self, consumer: &str) -> u64;
 }
 
-/// The consume loop of topic `topic` (a metric label).
+/// The consume loop of consumer group `group` on topic `topic` (a metric
+/// label).
 pub async fn run_topic<H: BatchHandler>(
     topic: &'static str,
+    group: &'static str,
     mut consumer: Box<dyn TopicConsumer>,
     mut handler: H,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let mut committed = 0;
     loop {
         // On shutdown, finish what was published before stopping.
         if *shutdown.borrow() && consumer.lag() == 0 {
@@ -95,9 +102,18 @@ pub async fn run_topic<H: BatchHandler>(
                 }
             })
             .collect();
-        handler.handle(batch, last).await;
-        if let Err(e) = consumer.commit(last).await {
-            tracing::warn!(topic, error = %e, "offset commit failed; records will be re-read");
+        let applied = AppliedPosition {
+            consumer: group,
+            offset: last,
+        };
+        handler.handle(batch, applied).await;
+        // Only what is on disk in the store may leave the topic.
+        let durable = handler.durable_position(group);
+        if durable > committed {
+            match consumer.commit(durable).await {
+                Ok(()) => committed = durable,
+                Err(e) => tracing::warn!(topic, error = %e, "offset commit failed; will retry"),
+            }
         }
         metrics::gauge!("herald_topic_consumer_lag", "topic" => topic).set(consumer.lag() as f64);
     }

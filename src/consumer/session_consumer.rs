@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use super::{retry, BatchHandler};
 use crate::model::ids::now_ms;
 use crate::model::{SendRecord, StoredMessage};
-use crate::service::backend::Store;
+use crate::service::backend::{AppliedPosition, Store};
 use crate::service::Watermark;
 
 /// A message just stored, with the connection that sent it.
@@ -33,14 +33,17 @@ pub struct SessionConsumer {
 impl BatchHandler for SessionConsumer {
     type Record = SendRecord;
 
-    async fn handle(&mut self, batch: Vec<SendRecord>, last_offset: u64) {
+    async fn handle(&mut self, batch: Vec<SendRecord>, applied: AppliedPosition) {
         let origins: HashMap<u64, u64> = batch
             .iter()
             .filter_map(|r| r.origin_conn.map(|c| (r.message_id, c)))
             .collect();
         let store = &self.store;
-        let stored = retry("storing messages", || store.store_messages(batch.clone())).await;
-        self.watermark.advance(last_offset);
+        let stored = retry("storing messages", || {
+            store.store_messages(batch.clone(), applied)
+        })
+        .await;
+        self.watermark.advance(applied.offset);
         let stored_at = Instant::now();
         let now = now_ms();
         let sent: Vec<MessageSent> = stored
@@ -59,5 +62,9 @@ impl BatchHandler for SessionConsumer {
         if !sent.is_empty() && self.events.send(sent).await.is_err() {
             tracing::warn!("message listener is gone");
         }
+    }
+
+    fn durable_position(&self, consumer: &str) -> u64 {
+        self.store.durable_position(consumer)
     }
 }

@@ -2,10 +2,20 @@
 //! PASSIVE checkpoint never blocks the writer or readers; once it has
 //! copied everything, the writer's next commit starts the WAL over, so the
 //! file stays small without any commit paying for a checkpoint.
+//!
+//! The documents database commits without fsync (`synchronous=NORMAL`); its
+//! checkpointer is also what makes it durable: it reads the consumers'
+//! applied positions, fsyncs the WAL, and only then publishes those
+//! positions as durable. Topics keep every record after the durable
+//! position, so a power loss can only cost re-applying them.
 
-use std::path::Path;
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::RwLock;
 use rusqlite::Connection;
 
 use super::schema;
@@ -14,28 +24,86 @@ use crate::error::{BackendError, BackendResult};
 /// How often the WAL is checked.
 const EVERY: Duration = Duration::from_millis(200);
 
-pub fn start(path: &Path) -> BackendResult<()> {
+/// Applied positions (see `applied_positions`) that are on disk, by consumer.
+#[derive(Default)]
+pub struct DurablePositions(RwLock<HashMap<String, u64>>);
+
+impl DurablePositions {
+    pub fn get(&self, consumer: &str) -> u64 {
+        self.0.read().get(consumer).copied().unwrap_or(0)
+    }
+
+    fn publish(&self, positions: Vec<(String, u64)>) {
+        let mut map = self.0.write();
+        for (consumer, position) in positions {
+            let entry = map.entry(consumer).or_default();
+            *entry = (*entry).max(position);
+        }
+    }
+}
+
+/// Starts the checkpointer of database `db` (a metric label); with
+/// `durable`, it also tracks the durable applied positions.
+pub fn start(
+    path: &Path,
+    db: &'static str,
+    durable: Option<Arc<DurablePositions>>,
+) -> BackendResult<()> {
     let conn = schema::open_checkpointer(path)?;
+    let mut wal = PathBuf::from(path).into_os_string();
+    wal.push("-wal");
+    let wal = PathBuf::from(wal);
     std::thread::Builder::new()
-        .name("herald-checkpoint".into())
-        .spawn(move || run(conn))
+        .name(format!("ckpt-{db}"))
+        .spawn(move || run(conn, db, durable, &wal))
         .map_err(|e| BackendError::Other(format!("cannot start checkpointer: {e}")))?;
     Ok(())
 }
 
-fn run(conn: Connection) {
+fn run(conn: Connection, db: &'static str, durable: Option<Arc<DurablePositions>>, wal: &Path) {
     loop {
         std::thread::sleep(EVERY);
+        if let Some(durable) = &durable {
+            match sync_positions(&conn, wal) {
+                Ok(positions) => durable.publish(positions),
+                Err(e) => tracing::warn!(error = %e, "cannot make applied positions durable"),
+            }
+        }
         let result = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
             Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
         });
         match result {
             Ok((wal_frames, copied)) => {
-                metrics::gauge!("herald_store_wal_frames").set(wal_frames as f64);
-                metrics::gauge!("herald_store_wal_backlog_frames")
+                metrics::gauge!("herald_store_wal_frames", "db" => db).set(wal_frames as f64);
+                metrics::gauge!("herald_store_wal_backlog_frames", "db" => db)
                     .set((wal_frames - copied).max(0) as f64);
             }
             Err(e) => tracing::warn!(error = %e, "checkpoint failed"),
         }
     }
+}
+
+/// Reads the applied positions, then fsyncs the WAL: what was read is then
+/// on disk (its frames are either in the synced WAL or, if the WAL started
+/// over meanwhile, in the database file that a completed checkpoint synced).
+fn sync_positions(conn: &Connection, wal: &Path) -> BackendResult<Vec<(String, u64)>> {
+    let positions = {
+        let mut stmt = conn.prepare_cached("SELECT consumer, position FROM applied_positions")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+        })?;
+        rows.collect::<Result<Vec<_>, _>>()?
+    };
+    if positions.is_empty() {
+        return Ok(positions);
+    }
+    match File::open(wal) {
+        Ok(f) => f.sync_data(),
+        // No WAL file: everything is in the database file, synced by the
+        // checkpoint that removed it.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+    .map_err(|e| BackendError::Other(format!("cannot fsync {}: {e}", wal.display())))?;
+    Ok(positions)
 }

@@ -6,7 +6,7 @@ use rusqlite::Connection;
 
 use crate::error::BackendResult;
 
-const SCHEMA: &str = r#"
+const DOCUMENTS_SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS users(
     user_id INTEGER PRIMARY KEY,
     username TEXT NOT NULL UNIQUE COLLATE NOCASE,
@@ -51,7 +51,9 @@ CREATE TABLE IF NOT EXISTS messages(
     server_ts INTEGER NOT NULL,
     adjusted_ts INTEGER NOT NULL,
     recalled INTEGER NOT NULL DEFAULT 0);
-CREATE UNIQUE INDEX IF NOT EXISTS messages_by_seq ON messages(session_id, seq);
+-- (session_id, seq) is unique by construction (one writer assigns seqs);
+-- an index only to enforce it cost a random page write per message.
+DROP INDEX IF EXISTS messages_by_seq;
 CREATE TABLE IF NOT EXISTS inbox(
     user_id INTEGER NOT NULL,
     inbox_seq INTEGER NOT NULL,
@@ -62,6 +64,14 @@ CREATE TABLE IF NOT EXISTS inbox(
     PRIMARY KEY(user_id, inbox_seq)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS inbox_by_session ON inbox(user_id, session_id, seq);
 CREATE INDEX IF NOT EXISTS inbox_unread ON inbox(user_id, inbox_seq) WHERE status < 2;
+-- How far each topic consumer has applied its topic to these documents,
+-- written in the same transaction as what it applied.
+CREATE TABLE IF NOT EXISTS applied_positions(
+    consumer TEXT PRIMARY KEY,
+    position INTEGER NOT NULL) WITHOUT ROWID;
+"#;
+
+const TOPICS_SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS consumer_offsets(
     topic TEXT NOT NULL,
     consumer TEXT NOT NULL,
@@ -72,6 +82,115 @@ CREATE TABLE IF NOT EXISTS idempotency(
     receipt BLOB NOT NULL) WITHOUT ROWID;
 "#;
 
+/// Tables of `topics.db` that older versions kept in `herald.db`.
+const TOPIC_TABLES: [&str; 4] = [
+    "consumer_offsets",
+    "idempotency",
+    "topic_session",
+    "topic_ack",
+];
+
+/// Which of the two database files a connection serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Documents,
+    Topics,
+}
+
+impl Role {
+    /// The `db` label of its metrics (and part of its threads' names).
+    pub fn label(self) -> &'static str {
+        match self {
+            Role::Documents => "documents",
+            Role::Topics => "topics",
+        }
+    }
+
+    /// Small pages for the documents: their hot writes are small index
+    /// entries scattered over many users, and a commit writes every page it
+    /// dirtied in full. The topics mostly append, where bigger pages mean
+    /// fewer WAL frames (and syscalls) per commit.
+    fn page_size(self) -> i64 {
+        match self {
+            Role::Documents => 1024,
+            Role::Topics => 4096,
+        }
+    }
+
+    fn schema(self) -> &'static str {
+        match self {
+            Role::Documents => DOCUMENTS_SCHEMA,
+            Role::Topics => TOPICS_SCHEMA,
+        }
+    }
+}
+
+/// Older versions kept the topics in `herald.db`: copies them to a new
+/// `topics.db` (through a temporary file renamed into place, so a crash
+/// half-way leaves the old layout intact), then drops them from
+/// `herald.db`. Records published but not yet consumed survive the upgrade.
+pub fn migrate_topics_out(documents: &Path, topics: &Path) -> BackendResult<()> {
+    if !documents.exists() {
+        return Ok(());
+    }
+    let conn = Connection::open(documents)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    let legacy: Vec<String> = {
+        let mut stmt = conn.prepare("SELECT name FROM sqlite_master WHERE type = 'table'")?;
+        let names = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        names
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .filter(|n| TOPIC_TABLES.contains(&n.as_str()))
+            .collect()
+    };
+    if legacy.is_empty() {
+        return Ok(());
+    }
+    if !topics.exists() {
+        let staging = topics.with_extension("db.migrating");
+        let _ = std::fs::remove_file(&staging);
+        {
+            let target = Connection::open(&staging)?;
+            target.pragma_update(None, "page_size", Role::Topics.page_size())?;
+            target.execute_batch(TOPICS_SCHEMA)?;
+        }
+        conn.execute("ATTACH DATABASE ?1 AS target", [staging.to_string_lossy()])?;
+        let mut copy = String::from("BEGIN;");
+        for table in &legacy {
+            if table.starts_with("topic_") {
+                copy.push_str(&topic_table_sql(&format!("target.{table}")));
+            }
+            copy.push_str(&format!(
+                "INSERT OR IGNORE INTO target.{table} SELECT * FROM main.{table};"
+            ));
+        }
+        if legacy.iter().any(|t| t.starts_with("topic_")) {
+            // Offsets are never reused: the AUTOINCREMENT counters move too
+            // (a log pruned empty would otherwise restart at 1, below the
+            // committed consumer offsets).
+            copy.push_str(
+                "DELETE FROM target.sqlite_sequence WHERE substr(name, 1, 6) = 'topic_';
+                 INSERT INTO target.sqlite_sequence(name, seq)
+                 SELECT name, seq FROM main.sqlite_sequence WHERE substr(name, 1, 6) = 'topic_';",
+            );
+        }
+        copy.push_str("COMMIT; DETACH DATABASE target;");
+        conn.execute_batch(&copy)?;
+        std::fs::File::open(&staging)
+            .and_then(|f| f.sync_all())
+            .and_then(|_| std::fs::rename(&staging, topics))
+            .map_err(|e| {
+                crate::error::BackendError::Other(format!("cannot move topics.db into place: {e}"))
+            })?;
+    }
+    for table in &legacy {
+        conn.execute_batch(&format!("DROP TABLE IF EXISTS main.{table}"))?;
+    }
+    tracing::info!(tables = ?legacy, "moved the topics from herald.db to topics.db");
+    Ok(())
+}
+
 /// The log table of a topic; names are checked by the caller.
 pub fn topic_table_sql(table: &str) -> String {
     format!(
@@ -80,26 +199,34 @@ pub fn topic_table_sql(table: &str) -> String {
 }
 
 /// Opens the write connection and creates the schema.
-pub fn open_write(path: &Path, durability_full: bool) -> BackendResult<Connection> {
+pub fn open_write(path: &Path, role: Role, durability_full: bool) -> BackendResult<Connection> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
-    // Small pages: the hot writes are small index entries scattered over
-    // many users, and a commit writes every page it dirtied in full.
     // (Takes effect when the database is created.)
-    conn.pragma_update(None, "page_size", 1024)?;
+    conn.pragma_update(None, "page_size", role.page_size())?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     // FULL fsyncs the WAL at every (group) commit: an acked message survives
-    // power loss. NORMAL survives a crash of the process only.
-    let sync = if durability_full { "FULL" } else { "NORMAL" };
+    // power loss. NORMAL survives a crash of the process only. The
+    // documents never need FULL: everything in them is applied from the
+    // topics, which keep each record until the documents that hold it are
+    // on disk (see `checkpointer`), so a power loss only means re-applying.
+    let sync = if durability_full && role == Role::Topics {
+        "FULL"
+    } else {
+        "NORMAL"
+    };
     conn.pragma_update(None, "synchronous", sync)?;
     // Checkpoints run on their own thread (see `checkpointer`), never
     // inside one of the writer's commits, where they stalled every send
     // queued behind them.
     conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-    conn.pragma_update(None, "cache_size", -64_000)?;
+    // 16 MB: enough for the hot pages of every inbox; a bigger cache made
+    // each commit slower (SQLite scans the page cache's hash table when a
+    // transaction ends), a smaller one turned cache hits into reads.
+    conn.pragma_update(None, "cache_size", -16_000)?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.set_prepared_statement_cache_capacity(128);
-    conn.execute_batch(SCHEMA)?;
+    conn.execute_batch(role.schema())?;
     Ok(conn)
 }
 

@@ -5,27 +5,68 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use parking_lot::Mutex;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use super::{Embedded, ReadPool, Writer};
+use super::{Database, DurablePositions, ReadPool, Writer};
 use crate::error::BackendResult;
 use crate::model::{
     AckCommand, AckOutcome, AckRecord, Group, InboxMessage, InboxRef, InboxStatus, MessageDoc,
     SendRecord, SessionInfo, SessionSummary, SessionType, StoredMessage, User,
 };
-use crate::service::backend::{RecallOutcome, Store};
+use crate::service::backend::{AppliedPosition, RecallOutcome, Store};
 
 #[derive(Clone)]
 pub struct SqliteStore {
     writer: Writer,
     readers: Arc<ReadPool>,
+    durable: Arc<DurablePositions>,
+    seqs: Arc<Mutex<SeqCache>>,
 }
 
 impl SqliteStore {
-    pub fn new(db: &Embedded) -> SqliteStore {
+    pub fn new(db: &Database) -> SqliteStore {
         SqliteStore {
             writer: db.writer.clone(),
             readers: db.readers.clone(),
+            durable: db.durable.clone(),
+            seqs: Arc::default(),
+        }
+    }
+}
+
+fn save_position(c: &Connection, applied: AppliedPosition) -> BackendResult<()> {
+    c.prepare_cached(
+        "INSERT INTO applied_positions(consumer, position) VALUES (?1, ?2)
+         ON CONFLICT(consumer) DO UPDATE SET position = max(position, ?2)",
+    )?
+    .execute(params![applied.consumer, applied.offset as i64])?;
+    Ok(())
+}
+
+/// Entries kept per map of `SeqCache` before it starts over.
+const SEQ_CACHE_MAX: usize = 1 << 20;
+
+/// The last `seq` of each session and `inboxSeq` of each user, as written
+/// by `store_batch`, so storing a message costs no lookups of them. Only
+/// used on the writer thread (the mutex is never contended); dropped
+/// whenever the writer rolled anything back, since it may then hold seqs
+/// that never committed.
+#[derive(Default)]
+struct SeqCache {
+    rollbacks_seen: u64,
+    session_seq: HashMap<u64, i64>,
+    inbox_seq: HashMap<u64, i64>,
+}
+
+impl SeqCache {
+    /// Forgets everything if the writer rolled back since the last use.
+    fn validate(&mut self, rollbacks: u64) {
+        let full = self.session_seq.len() > SEQ_CACHE_MAX || self.inbox_seq.len() > SEQ_CACHE_MAX;
+        if rollbacks != self.rollbacks_seen || full {
+            self.session_seq.clear();
+            self.inbox_seq.clear();
+            self.rollbacks_seen = rollbacks;
         }
     }
 }
@@ -122,19 +163,18 @@ fn load_group(c: &Connection, group_id: u64) -> BackendResult<Option<Group>> {
     }
 }
 
-/// Counters touched by one `store_messages` job, written back at its end:
-/// one read and one write per session and per user, not per message.
-#[derive(Default)]
-struct Counters {
-    session_seq: HashMap<u64, i64>,
+/// State of one `store_messages` job: the seq counters (cached across
+/// jobs), the sessions to write back at its end (one write per session,
+/// not per message) and the group members it looked up.
+struct Counters<'a> {
+    seqs: &'a mut SeqCache,
     session_last: HashMap<u64, (u64, i64)>,
-    inbox_seq: HashMap<u64, i64>,
     members: HashMap<u64, Vec<u64>>,
 }
 
-impl Counters {
+impl Counters<'_> {
     fn next_seq(&mut self, c: &Connection, session_id: u64) -> BackendResult<i64> {
-        if let Some(v) = self.session_seq.get_mut(&session_id) {
+        if let Some(v) = self.seqs.session_seq.get_mut(&session_id) {
             *v += 1;
             return Ok(*v);
         }
@@ -143,19 +183,19 @@ impl Counters {
             .query_row([session_id as i64], |r| r.get(0))
             .optional()?
             .unwrap_or(0);
-        self.session_seq.insert(session_id, last + 1);
+        self.seqs.session_seq.insert(session_id, last + 1);
         Ok(last + 1)
     }
 
     fn next_inbox_seq(&mut self, c: &Connection, user_id: u64) -> BackendResult<i64> {
-        if let Some(v) = self.inbox_seq.get_mut(&user_id) {
+        if let Some(v) = self.seqs.inbox_seq.get_mut(&user_id) {
             *v += 1;
             return Ok(*v);
         }
         let last: i64 = c
             .prepare_cached("SELECT coalesce(max(inbox_seq), 0) FROM inbox WHERE user_id = ?")?
             .query_row([user_id as i64], |r| r.get(0))?;
-        self.inbox_seq.insert(user_id, last + 1);
+        self.seqs.inbox_seq.insert(user_id, last + 1);
         Ok(last + 1)
     }
 
@@ -184,16 +224,24 @@ impl Counters {
         let mut upd = c.prepare_cached(
             "UPDATE sessions SET last_seq = ?2, last_message_id = ?3, updated_at = ?4 WHERE session_id = ?1",
         )?;
-        for (sid, seq) in &self.session_seq {
-            let (mid, ts) = self.session_last.get(sid).copied().unwrap_or((0, 0));
-            upd.execute(params![*sid as i64, seq, mid as i64, ts])?;
+        for (sid, (mid, ts)) in &self.session_last {
+            let seq = self.seqs.session_seq.get(sid).copied().unwrap_or(0);
+            upd.execute(params![*sid as i64, seq, *mid as i64, ts])?;
         }
         Ok(())
     }
 }
 
-fn store_batch(c: &Connection, records: Vec<SendRecord>) -> BackendResult<Vec<StoredMessage>> {
-    let mut counters = Counters::default();
+fn store_batch(
+    c: &Connection,
+    seqs: &mut SeqCache,
+    records: Vec<SendRecord>,
+) -> BackendResult<Vec<StoredMessage>> {
+    let mut counters = Counters {
+        seqs,
+        session_last: HashMap::new(),
+        members: HashMap::new(),
+    };
     let mut out = Vec::with_capacity(records.len());
     for r in records {
         let exists = c
@@ -588,14 +636,56 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn store_messages(&self, records: Vec<SendRecord>) -> BackendResult<Vec<StoredMessage>> {
-        self.writer.write(move |c| store_batch(c, records)).await
+    async fn store_messages(
+        &self,
+        records: Vec<SendRecord>,
+        applied: AppliedPosition,
+    ) -> BackendResult<Vec<StoredMessage>> {
+        let (seqs, writer) = (self.seqs.clone(), self.writer.clone());
+        self.writer
+            .write(move |c| {
+                let mut seqs = seqs.lock();
+                seqs.validate(writer.rollbacks());
+                let stored = store_batch(c, &mut seqs, records)?;
+                save_position(c, applied)?;
+                Ok(stored)
+            })
+            .await
     }
 
-    async fn apply_acks(&self, acks: Vec<AckRecord>) -> BackendResult<Vec<AckOutcome>> {
+    async fn apply_acks(
+        &self,
+        acks: Vec<AckRecord>,
+        applied: AppliedPosition,
+    ) -> BackendResult<Vec<AckOutcome>> {
         self.writer
-            .write(move |c| acks.iter().map(|a| apply_ack(c, a)).collect())
+            .write(move |c| {
+                let outcomes = acks
+                    .iter()
+                    .map(|a| apply_ack(c, a))
+                    .collect::<BackendResult<Vec<_>>>()?;
+                save_position(c, applied)?;
+                Ok(outcomes)
+            })
             .await
+    }
+
+    async fn applied_position(&self, consumer: &str) -> BackendResult<Option<u64>> {
+        let consumer = consumer.to_string();
+        self.readers
+            .read(move |c| {
+                Ok(
+                    c.prepare_cached("SELECT position FROM applied_positions WHERE consumer = ?")?
+                        .query_row([consumer], |r| r.get::<_, i64>(0))
+                        .optional()?
+                        .map(|v| v as u64),
+                )
+            })
+            .await
+    }
+
+    fn durable_position(&self, consumer: &str) -> u64 {
+        self.durable.get(consumer)
     }
 
     async fn recall(

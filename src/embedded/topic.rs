@@ -1,15 +1,20 @@
 //! A durable topic on the embedded database: an append log table with
 //! AUTOINCREMENT offsets (never reused, even after pruning) and committed
 //! consumer offsets. Appends go through the group-committing writer; a
-//! `watch` channel carries the committed head to consumers.
+//! `watch` channel carries the committed head to consumers, and the newest
+//! committed records stay in memory (`Tail`) so a consumer that keeps up
+//! never reads the log back from disk.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension};
 use tokio::sync::watch;
 
-use super::{schema, Embedded, ReadPool, Writer};
+use super::{schema, Database, ReadPool, Writer};
 use crate::error::{BackendError, BackendResult};
 use crate::service::backend::{Durable, DurableTopic, PublishOnce, TopicConsumer, TopicRecord};
 use crate::service::watermark::Watermark;
@@ -20,11 +25,48 @@ pub struct SqliteTopic {
     writer: Writer,
     readers: Arc<ReadPool>,
     head: Arc<Watermark>,
+    tail: Arc<Tail>,
+}
+
+/// Committed records kept in memory for consumers, newest last.
+const TAIL_RECORDS: usize = 16 * 1024;
+
+/// The newest committed records of a topic, in offset order with no
+/// committed record missing between the first and the last.
+#[derive(Default)]
+struct Tail {
+    records: Mutex<VecDeque<TopicRecord>>,
+}
+
+impl Tail {
+    /// Called in commit order (on the writer thread, after the commit).
+    fn push(&self, offset: u64, payload: &[u8]) {
+        let mut records = self.records.lock();
+        if records.len() >= TAIL_RECORDS {
+            records.pop_front();
+        }
+        records.push_back(TopicRecord {
+            offset,
+            payload: payload.to_vec(),
+        });
+    }
+
+    /// Up to `max` records after `position`, or `None` if some of them may
+    /// have left the tail already (the caller then reads the log).
+    fn after(&self, position: u64, max: usize) -> Option<Vec<TopicRecord>> {
+        let records = self.records.lock();
+        let first = records.front()?.offset;
+        if first > position + 1 {
+            return None;
+        }
+        let start = records.partition_point(|r| r.offset <= position);
+        Some(records.range(start..).take(max).cloned().collect())
+    }
 }
 
 impl SqliteTopic {
     /// Opens topic `name` (lowercase letters and `_`), creating its log.
-    pub async fn open(db: &Embedded, name: &str) -> BackendResult<Arc<SqliteTopic>> {
+    pub async fn open(db: &Database, name: &str) -> BackendResult<Arc<SqliteTopic>> {
         if name.is_empty() || !name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
             return Err(BackendError::Other(format!("invalid topic name {name:?}")));
         }
@@ -54,6 +96,7 @@ impl SqliteTopic {
             writer: db.writer.clone(),
             readers: db.readers.clone(),
             head: Arc::new(head),
+            tail: Arc::default(),
         }))
     }
 }
@@ -66,19 +109,23 @@ impl DurableTopic for SqliteTopic {
 
     async fn publish(&self, payload: Vec<u8>) -> BackendResult<Durable<u64>> {
         let sql = format!("INSERT INTO {}(payload) VALUES (?)", self.table);
-        let head = self.head.clone();
+        let (head, tail) = (self.head.clone(), self.tail.clone());
         let rx = self
             .writer
             .enqueue(
                 move |c| {
                     c.prepare_cached(&sql)?.execute([&payload])?;
-                    Ok(c.last_insert_rowid() as u64)
+                    Ok((c.last_insert_rowid() as u64, payload))
                 },
-                move |offset| head.advance(*offset),
+                move |(offset, payload)| {
+                    tail.push(*offset, payload);
+                    head.advance(*offset);
+                },
             )
             .await?;
         Ok(Box::pin(async move {
-            rx.await.map_err(|_| BackendError::Closed)?
+            let (offset, _) = rx.await.map_err(|_| BackendError::Closed)??;
+            Ok(offset)
         }))
     }
 
@@ -89,7 +136,7 @@ impl DurableTopic for SqliteTopic {
         receipt: Vec<u8>,
     ) -> BackendResult<Durable<PublishOnce>> {
         let sql = format!("INSERT INTO {}(payload) VALUES (?)", self.table);
-        let head = self.head.clone();
+        let (head, tail) = (self.head.clone(), self.tail.clone());
         let rx = self
             .writer
             .enqueue(
@@ -105,25 +152,31 @@ impl DurableTopic for SqliteTopic {
                         let earlier: Vec<u8> = c
                             .prepare_cached("SELECT receipt FROM idempotency WHERE key = ?")?
                             .query_row([&key], |r| r.get(0))?;
-                        return Ok(PublishOnce::Duplicate(earlier));
+                        return Ok((PublishOnce::Duplicate(earlier), payload));
                     }
                     c.prepare_cached(&sql)?.execute([&payload])?;
                     let offset = c.last_insert_rowid() as u64;
-                    Ok(PublishOnce::Published(offset))
+                    Ok((PublishOnce::Published(offset), payload))
                 },
-                move |outcome| {
+                move |(outcome, payload)| {
                     if let PublishOnce::Published(offset) = outcome {
+                        tail.push(*offset, payload);
                         head.advance(*offset);
                     }
                 },
             )
             .await?;
         Ok(Box::pin(async move {
-            rx.await.map_err(|_| BackendError::Closed)?
+            let (outcome, _) = rx.await.map_err(|_| BackendError::Closed)??;
+            Ok(outcome)
         }))
     }
 
-    async fn consumer(&self, group: &str) -> BackendResult<Box<dyn TopicConsumer>> {
+    async fn consumer(
+        &self,
+        group: &str,
+        resume_after: Option<u64>,
+    ) -> BackendResult<Box<dyn TopicConsumer>> {
         let (topic, consumer) = (self.name.clone(), group.to_string());
         let committed = self
             .readers
@@ -142,9 +195,10 @@ impl DurableTopic for SqliteTopic {
             topic: self.name.clone(),
             table: self.table.clone(),
             group: group.to_string(),
-            position: committed,
+            position: resume_after.unwrap_or(committed),
             last_pruned: committed,
             head: self.head.subscribe(),
+            tail: self.tail.clone(),
             writer: self.writer.clone(),
             readers: self.readers.clone(),
         }))
@@ -162,8 +216,38 @@ struct SqliteConsumer {
     position: u64,
     last_pruned: u64,
     head: watch::Receiver<u64>,
+    tail: Arc<Tail>,
     writer: Writer,
     readers: Arc<ReadPool>,
+}
+
+impl SqliteConsumer {
+    /// Up to `max` committed records after `position`, from memory if the
+    /// tail still holds them, else from the log.
+    async fn read_after(&self, max: usize) -> BackendResult<Vec<TopicRecord>> {
+        if let Some(records) = self.tail.after(self.position, max) {
+            if !records.is_empty() {
+                return Ok(records);
+            }
+        }
+        let sql = format!(
+            "SELECT offset, payload FROM {} WHERE offset > ? ORDER BY offset LIMIT ?",
+            self.table
+        );
+        let (after, limit) = (self.position as i64, max.max(1) as i64);
+        self.readers
+            .read(move |c| {
+                let mut stmt = c.prepare_cached(&sql)?;
+                let rows = stmt.query_map([after, limit], |r| {
+                    Ok(TopicRecord {
+                        offset: r.get::<_, i64>(0)? as u64,
+                        payload: r.get(1)?,
+                    })
+                })?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            })
+            .await
+    }
 }
 
 #[async_trait]
@@ -172,24 +256,7 @@ impl TopicConsumer for SqliteConsumer {
         loop {
             let head = *self.head.borrow_and_update();
             if head > self.position {
-                let sql = format!(
-                    "SELECT offset, payload FROM {} WHERE offset > ? ORDER BY offset LIMIT ?",
-                    self.table
-                );
-                let (after, limit) = (self.position as i64, max.max(1) as i64);
-                let records = self
-                    .readers
-                    .read(move |c| {
-                        let mut stmt = c.prepare_cached(&sql)?;
-                        let rows = stmt.query_map([after, limit], |r| {
-                            Ok(TopicRecord {
-                                offset: r.get::<_, i64>(0)? as u64,
-                                payload: r.get(1)?,
-                            })
-                        })?;
-                        Ok(rows.collect::<Result<Vec<_>, _>>()?)
-                    })
-                    .await?;
+                let records = self.read_after(max).await?;
                 if let Some(last) = records.last() {
                     self.position = last.offset;
                     return Ok(records);

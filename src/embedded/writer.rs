@@ -4,6 +4,8 @@
 //! others; every job's result is released only after the commit succeeds.
 
 use rusqlite::Connection;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
@@ -23,16 +25,28 @@ const QUEUE_DEPTH: usize = 16 * 1024;
 #[derive(Clone)]
 pub struct Writer {
     jobs: mpsc::Sender<Job>,
+    rollbacks: Arc<AtomicU64>,
 }
 
 impl Writer {
-    pub fn start(conn: Connection, batch_max: usize) -> BackendResult<Writer> {
+    /// Starts the writer thread of database `db` (a metric label).
+    pub fn start(conn: Connection, db: &'static str, batch_max: usize) -> BackendResult<Writer> {
         let (jobs, rx) = mpsc::channel::<Job>(QUEUE_DEPTH);
+        let rollbacks = Arc::new(AtomicU64::new(0));
+        let counted = rollbacks.clone();
         std::thread::Builder::new()
-            .name("herald-writer".into())
-            .spawn(move || run(conn, rx, batch_max.max(1)))
+            .name(format!("writer-{db}"))
+            .spawn(move || run(conn, rx, db, batch_max.max(1), &counted))
             .map_err(|e| BackendError::Other(format!("cannot start writer: {e}")))?;
-        Ok(Writer { jobs })
+        Ok(Writer { jobs, rollbacks })
+    }
+
+    /// How many jobs (or whole batches) were rolled back so far. Jobs that
+    /// cache what they wrote compare it with the count of their last run:
+    /// any change means the cache may hold writes that never committed.
+    /// (Raised on the writer thread before the next job runs.)
+    pub fn rollbacks(&self) -> u64 {
+        self.rollbacks.load(Ordering::Acquire)
     }
 
     /// Queues `f`; the returned receiver yields its result once committed.
@@ -93,10 +107,16 @@ impl Writer {
 /// queue refills during each commit, so batches grow by themselves; an
 /// idle server commits at once. (A fixed linger was measured: it made
 /// batches larger but not cheaper per job, and latency worse.)
-fn run(conn: Connection, mut rx: mpsc::Receiver<Job>, batch_max: usize) {
+fn run(
+    conn: Connection,
+    mut rx: mpsc::Receiver<Job>,
+    db: &'static str,
+    batch_max: usize,
+    rollbacks: &AtomicU64,
+) {
     while let Some(first) = rx.blocking_recv() {
         let started = Instant::now();
-        let mut batch = Batch::begin(&conn);
+        let mut batch = Batch::begin(&conn, rollbacks);
         batch.run(first);
         while batch.len() < batch_max {
             match rx.try_recv() {
@@ -106,8 +126,9 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Job>, batch_max: usize) {
         }
         let size = batch.len();
         batch.commit();
-        metrics::histogram!("herald_store_commit_seconds").record(started.elapsed().as_secs_f64());
-        metrics::histogram!("herald_store_commit_batch_size").record(size as f64);
+        metrics::histogram!("herald_store_commit_seconds", "db" => db)
+            .record(started.elapsed().as_secs_f64());
+        metrics::histogram!("herald_store_commit_batch_size", "db" => db).record(size as f64);
     }
     tracing::debug!("writer stopped: every handle dropped");
 }
@@ -116,13 +137,14 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Job>, batch_max: usize) {
 /// failing job rolls back only itself; results are released at commit.
 struct Batch<'c> {
     conn: &'c Connection,
+    rollbacks: &'c AtomicU64,
     /// False if BEGIN failed: each job's savepoint then commits on its own.
     in_transaction: bool,
     completions: Vec<Completion>,
 }
 
 impl<'c> Batch<'c> {
-    fn begin(conn: &'c Connection) -> Batch<'c> {
+    fn begin(conn: &'c Connection, rollbacks: &'c AtomicU64) -> Batch<'c> {
         let in_transaction = match exec_cached(conn, "BEGIN IMMEDIATE") {
             Ok(()) => true,
             Err(e) => {
@@ -132,6 +154,7 @@ impl<'c> Batch<'c> {
         };
         Batch {
             conn,
+            rollbacks,
             in_transaction,
             completions: Vec::new(),
         }
@@ -149,6 +172,7 @@ impl<'c> Batch<'c> {
                 let end = if ok {
                     exec_cached(conn, "RELEASE job")
                 } else {
+                    self.rollbacks.fetch_add(1, Ordering::AcqRel);
                     exec_cached(conn, "ROLLBACK TO job")
                         .and_then(|_| exec_cached(conn, "RELEASE job"))
                 };
@@ -158,6 +182,9 @@ impl<'c> Batch<'c> {
                 done
             }
             Err(e) => {
+                // Whatever the job does now cannot be undone alone: caches
+                // of written state must be rebuilt from the database.
+                self.rollbacks.fetch_add(1, Ordering::AcqRel);
                 let (_, done) = job(conn);
                 let msg = format!("cannot open a savepoint: {e}");
                 done(Err(msg));
@@ -170,6 +197,7 @@ impl<'c> Batch<'c> {
     fn commit(self) {
         let committed = if self.in_transaction {
             exec_cached(self.conn, "COMMIT").map_err(|e| {
+                self.rollbacks.fetch_add(1, Ordering::AcqRel);
                 let _ = exec_cached(self.conn, "ROLLBACK");
                 tracing::error!(error = %e, "group commit failed");
                 format!("commit failed: {e}")
@@ -196,10 +224,12 @@ mod tests {
     fn writer() -> (tempfile::TempDir, Writer, std::path::PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");
-        let conn = super::super::schema::open_write(&path, false).unwrap();
+        let conn =
+            super::super::schema::open_write(&path, super::super::schema::Role::Documents, false)
+                .unwrap();
         conn.execute_batch("CREATE TABLE t(v INTEGER UNIQUE)")
             .unwrap();
-        (dir, Writer::start(conn, 64).unwrap(), path)
+        (dir, Writer::start(conn, "test", 64).unwrap(), path)
     }
 
     #[tokio::test]
@@ -221,6 +251,7 @@ mod tests {
             results.push(rx.await.unwrap().is_ok());
         }
         assert_eq!(results, vec![true, true, false, true]);
+        assert_eq!(w.rollbacks(), 1, "caches of written state learn of it");
         let conn = Connection::open(path).unwrap();
         let n: i64 = conn
             .query_row("SELECT count(*) FROM t", [], |r| r.get(0))

@@ -175,7 +175,7 @@ pub enum AckCommand {
     },
 }
 
-/// What travels on the ack topic.
+/// One user's ack.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AckRecord {
     pub user_id: u64,
@@ -183,6 +183,25 @@ pub struct AckRecord {
     /// Set when the publisher waits for the outcome (REST answers `updated`).
     #[serde(default)]
     pub reply_token: Option<u64>,
+}
+
+/// What one ack-topic record carries: a single ack (a REST or `/app/ack`
+/// call waiting for its outcome), or the STOMP ACK frames of many users
+/// gathered for a few milliseconds: one append for hundreds of acks.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum AckEnvelope {
+    Batch(Vec<AckRecord>),
+    One(AckRecord),
+}
+
+impl AckEnvelope {
+    pub fn into_records(self) -> Vec<AckRecord> {
+        match self {
+            AckEnvelope::Batch(records) => records,
+            AckEnvelope::One(record) => vec![record],
+        }
+    }
 }
 
 /// The outcome of applying one `AckRecord`.
@@ -236,4 +255,31 @@ pub struct SessionInfo {
     /// Both users of a single session; the members of a group session.
     pub members: Vec<u64>,
     pub group_id: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ack_record_reads_back_alone_or_in_a_batch() {
+        let one = AckRecord {
+            user_id: 3,
+            command: AckCommand::Messages {
+                message_ids: vec![5, 6],
+                status: InboxStatus::Delivered,
+            },
+            reply_token: Some(9),
+        };
+        // A record written alone (also by earlier versions) is one ack.
+        let alone = serde_json::to_vec(&one).unwrap();
+        let read: AckEnvelope = serde_json::from_slice(&alone).unwrap();
+        let records = read.into_records();
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].reply_token, Some(9));
+        let batch = serde_json::to_vec(&AckEnvelope::Batch(vec![one.clone(), one])).unwrap();
+        let read: AckEnvelope = serde_json::from_slice(&batch).unwrap();
+        assert_eq!(read.into_records().len(), 2);
+        assert!(serde_json::from_slice::<AckEnvelope>(b"{\"nope\":1}").is_err());
+    }
 }

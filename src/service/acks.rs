@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::backend::DurableTopic;
 use super::watermark::Watermark;
 use crate::error::{AppError, AppResult};
-use crate::model::{parse_id, AckCommand, AckOutcome, AckRecord, InboxStatus};
+use crate::model::{parse_id, AckCommand, AckEnvelope, AckOutcome, AckRecord, InboxStatus};
 
 /// How long a caller waits for its ack to be applied.
 const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -82,7 +82,7 @@ impl AckService {
             command,
             reply_token: Some(token),
         };
-        let published = self.publish(&record).await;
+        let published = publish_batch(&*self.topic, AckEnvelope::One(record)).await;
         if let Err(e) = published {
             self.waiters.lock().remove(&token);
             return Err(e);
@@ -136,14 +136,14 @@ impl AckService {
             let _ = tx.send(outcome);
         }
     }
+}
 
-    async fn publish(&self, record: &AckRecord) -> AppResult<()> {
-        let payload =
-            serde_json::to_vec(record).map_err(|e| AppError::Unavailable(e.to_string()))?;
-        let durable = self.topic.publish(payload).await?;
-        durable.await?;
-        Ok(())
-    }
+/// Publishes one ack-topic record and waits until it is durable.
+async fn publish_batch(topic: &dyn DurableTopic, envelope: AckEnvelope) -> AppResult<u64> {
+    let payload =
+        serde_json::to_vec(&envelope).map_err(|e| AppError::Unavailable(e.to_string()))?;
+    let durable = topic.publish(payload).await?;
+    Ok(durable.await?)
 }
 
 async fn batch_loop(
@@ -166,33 +166,24 @@ async fn batch_loop(
         for (user, mid, status) in buf.drain(..) {
             grouped.entry((user, status)).or_default().push(mid);
         }
-        // Queue every record first, then wait for their (shared) commit.
-        let mut durables = Vec::with_capacity(grouped.len());
-        for ((user_id, status), message_ids) in grouped {
-            let record = AckRecord {
+        let records = grouped
+            .into_iter()
+            .map(|((user_id, status), message_ids)| AckRecord {
                 user_id,
                 command: AckCommand::Messages {
                     message_ids,
                     status,
                 },
                 reply_token: None,
-            };
-            let queued = match serde_json::to_vec(&record) {
-                Ok(payload) => svc.topic.publish(payload).await,
-                Err(e) => Err(e.into()),
-            };
-            match queued {
-                Ok(d) => durables.push(d),
-                Err(e) => tracing::warn!(error = %e, "could not publish acks"),
+            })
+            .collect();
+        let highest = match publish_batch(&*svc.topic, AckEnvelope::Batch(records)).await {
+            Ok(offset) => offset,
+            Err(e) => {
+                tracing::warn!(error = %e, items, "acks were not committed");
+                0
             }
-        }
-        let mut highest = 0;
-        for result in futures_util::future::join_all(durables).await {
-            match result {
-                Ok(offset) => highest = highest.max(offset),
-                Err(e) => tracing::warn!(error = %e, "acks were not committed"),
-            }
-        }
+        };
         // Failed items count as done too: `settle` must not wait for them.
         svc.soon_published.send_modify(|(n, max)| {
             *n += items;

@@ -31,11 +31,25 @@ pub trait Store: Send + Sync + 'static {
     async fn session_info(&self, session_id: u64) -> BackendResult<Option<SessionInfo>>;
 
     /// Writes one `MessageDoc` and one inbox entry per recipient for each
-    /// record, assigning `seq` and `inboxSeq`. Idempotent on `message_id`:
-    /// a record stored before comes back as it was stored.
-    async fn store_messages(&self, records: Vec<SendRecord>) -> BackendResult<Vec<StoredMessage>>;
-    /// Applies inbox status changes (monotonic), one outcome per record.
-    async fn apply_acks(&self, acks: Vec<AckRecord>) -> BackendResult<Vec<AckOutcome>>;
+    /// record, assigning `seq` and `inboxSeq`, and saves `applied` with
+    /// them. Idempotent on `message_id`: a record stored before is skipped.
+    async fn store_messages(
+        &self,
+        records: Vec<SendRecord>,
+        applied: AppliedPosition,
+    ) -> BackendResult<Vec<StoredMessage>>;
+    /// Applies inbox status changes (monotonic), one outcome per record,
+    /// and saves `applied` with them.
+    async fn apply_acks(
+        &self,
+        acks: Vec<AckRecord>,
+        applied: AppliedPosition,
+    ) -> BackendResult<Vec<AckOutcome>>;
+    /// The position last saved for `consumer`, if any: where it resumes.
+    async fn applied_position(&self, consumer: &str) -> BackendResult<Option<u64>>;
+    /// The highest position saved for `consumer` that survives a power
+    /// loss; its topic may forget the records up to it.
+    fn durable_position(&self, consumer: &str) -> u64;
     /// Marks the message recalled if `sender_id` sent it at or after
     /// `not_before_ms`.
     async fn recall(
@@ -86,6 +100,15 @@ pub trait Store: Send + Sync + 'static {
     async fn close(&self) -> BackendResult<()>;
 }
 
+/// How far a topic consumer has applied its topic, saved atomically with
+/// what it applied, so the documents and the consumer's position never
+/// disagree (whatever the store's own durability).
+#[derive(Debug, Clone, Copy)]
+pub struct AppliedPosition {
+    pub consumer: &'static str,
+    pub offset: u64,
+}
+
 #[derive(Debug, Clone)]
 pub enum RecallOutcome {
     Recalled(MessageDoc),
@@ -122,8 +145,13 @@ pub trait DurableTopic: Send + Sync + 'static {
         payload: Vec<u8>,
         receipt: Vec<u8>,
     ) -> BackendResult<Durable<PublishOnce>>;
-    /// A consumer of `group`, resuming after its committed offset.
-    async fn consumer(&self, group: &str) -> BackendResult<Box<dyn TopicConsumer>>;
+    /// A consumer of `group`, resuming after `resume_after` or, if `None`,
+    /// after its committed offset.
+    async fn consumer(
+        &self,
+        group: &str,
+        resume_after: Option<u64>,
+    ) -> BackendResult<Box<dyn TopicConsumer>>;
 }
 
 /// One record of a topic.
@@ -137,8 +165,9 @@ pub struct TopicRecord {
 pub trait TopicConsumer: Send {
     /// The next records (at most `max`), waiting until there is one.
     async fn poll(&mut self, max: usize) -> BackendResult<Vec<TopicRecord>>;
-    /// Marks everything up to `offset` processed. Processing is idempotent,
-    /// so a commit lost in a crash only causes harmless reprocessing.
+    /// Marks everything up to `offset` processed for good: records up to it
+    /// may be pruned. Processing is idempotent, so a commit lost in a crash
+    /// only causes harmless reprocessing.
     async fn commit(&mut self, offset: u64) -> BackendResult<()>;
     /// Records published but not yet polled.
     fn lag(&self) -> u64;
