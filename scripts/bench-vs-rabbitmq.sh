@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # Herald against RabbitMQ Web-STOMP, side by side on this machine, with
-# herald-bench (src/bin/herald-bench). One server at a time, alternating
-# Herald / RabbitMQ for ROUNDS rounds; every JSON line herald-bench prints
-# is kept (annotated with round, server and case) in
+# herald-bench (src/bin/herald-bench) and, for the fixed-rate case, also an
+# independent stomp.js generator (bench/stompjs). One server at a time,
+# alternating Herald / RabbitMQ for ROUNDS rounds; every JSON line the
+# generators print is kept (annotated with round, server and case) in
 # docs/bench/results-<timestamp>.jsonl, then scripts/bench_report.py writes
 # docs/BENCHMARKS.md and docs/bench/latency-vs-rate.svg from that file.
 #
 # Cases, per round and server, in this order:
 #   fixed     CLIENTS clients, durable 1:1 chat at a fixed FIXED_RATE msg/s
 #             (the p99 comparison)
+#   stompjs   the same fixed-rate run (CLIENTS, FIXED_RATE, FIXED_DURATION)
+#             driven by bench/stompjs/stompjs-bench.mjs, an independent
+#             generator on stomp.js (Node >= 20; `npm ci` there when needed)
 #   find-max  the same, the rate raised by STEP from START_RATE every
 #             STEP_DURATION s until p99 > P99_MS, delivery < 99.5% of
 #             offered, or loss (the headline: the highest good rate)
@@ -35,9 +39,10 @@
 #     scripts/bench-vs-rabbitmq.sh                       # a quick check
 #   BEFORE=docs/bench/results-OLD.jsonl scripts/bench-vs-rabbitmq.sh
 #
-# Needs: bash, cargo, curl, python3; RabbitMQ from the Debian package
-# `rabbitmq-server` (installed with apt-get if missing); root (or sudo) to
-# install, configure and, when needed, restart RabbitMQ.
+# Needs: bash, cargo, curl, python3, node (>= 20) and npm for the stompjs
+# case; RabbitMQ from the Debian package `rabbitmq-server` (installed with
+# apt-get if missing); root (or sudo) to install, configure and, when
+# needed, restart RabbitMQ.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -59,7 +64,7 @@ INVOCATION+="scripts/bench-vs-rabbitmq.sh"
 # ---------------------------------------------------------------- Knobs
 ROUNDS=${ROUNDS:-3}
 SERVERS=${SERVERS:-"herald rabbitmq"}
-SCENARIOS=${SCENARIOS:-"fixed find-max fanout sync idle"}
+SCENARIOS=${SCENARIOS:-"fixed stompjs find-max fanout sync idle"}
 CLIENTS=${CLIENTS:-1000}
 START_RATE=${START_RATE:-1000}
 STEP=${STEP:-1.25}
@@ -84,8 +89,9 @@ RABBIT_VHOST=${RABBIT_VHOST:-herald-bench}
 RABBIT_LOGIN=${RABBIT_LOGIN:-guest}
 RABBIT_PASSCODE=${RABBIT_PASSCODE:-guest}
 # auto: restart RabbitMQ only when needed (not running, listeners not yet on
-# loopback, or its open-files limit below IDLE_CONNECTIONS + 2048);
-# always; never (then a too-low limit makes the idle case fail).
+# loopback, or its open-files limit below what the run needs: CLIENTS or
+# FANOUT_MEMBERS + 1024, IDLE_CONNECTIONS + 2048 with idle);
+# always; never (then a too-low limit makes connections fail).
 RABBITMQ_RESTART=${RABBITMQ_RESTART:-auto}
 QUIET_PCT=${QUIET_PCT:-15}
 QUIET_TIMEOUT=${QUIET_TIMEOUT:-30}
@@ -95,6 +101,10 @@ BEFORE=${BEFORE:-}
 OUT_DIR=${OUT_DIR:-docs/bench}
 REPORT=${REPORT:-docs/BENCHMARKS.md}
 CHART=${CHART:-$OUT_DIR/latency-vs-rate.svg}
+
+NODE=${NODE:-node}
+STOMPJS_DIR=bench/stompjs
+STOMPJS=$STOMPJS_DIR/stompjs-bench.mjs
 
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 HERALD_BIN=$TARGET_DIR/release/herald
@@ -249,8 +259,16 @@ rabbit_setup() {
         as_root apt-get update
         as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y rabbitmq-server
     fi
+    # A descriptor per connection (CLIENTS for fixed, stompjs and find-max,
+    # FANOUT_MEMBERS for fanout, IDLE_CONNECTIONS for idle) plus its own.
     local need=1024 restart=0 pid
-    if has "$SCENARIOS" idle; then
+    if has "$SCENARIOS" fixed || has "$SCENARIOS" stompjs || has "$SCENARIOS" find-max; then
+        need=$((CLIENTS + 1024 > need ? CLIENTS + 1024 : need))
+    fi
+    if has "$SCENARIOS" fanout; then
+        need=$((FANOUT_MEMBERS + 1024 > need ? FANOUT_MEMBERS + 1024 : need))
+    fi
+    if has "$SCENARIOS" idle && ((IDLE_CONNECTIONS + 2048 > need)); then
         need=$((IDLE_CONNECTIONS + 2048))
     fi
     # Listeners on loopback only (applied at the next start).
@@ -272,7 +290,7 @@ rabbit_setup() {
         restart=1
     elif [[ $RABBITMQ_RESTART == auto ]]; then
         if [[ $(rabbit_nofile "$pid") != unlimited ]] && (($(rabbit_nofile "$pid") < need)); then
-            log "RabbitMQ's open-files limit is $(rabbit_nofile "$pid"), the idle case needs $need: restarting it"
+            log "RabbitMQ's open-files limit is $(rabbit_nofile "$pid"), the run needs $need: restarting it"
             restart=1
         fi
         local deadline=$((SECONDS + 30))
@@ -344,16 +362,48 @@ herald_stop() {
     HERALD_PID=""
 }
 
+# ---------------------------------------------------------------- stomp.js
+# Node and the generator's dependencies (npm ci when node_modules is
+# missing or older than the lock file).
+stompjs_setup() {
+    command -v "$NODE" >/dev/null || die "the stompjs case needs node (>= 20; or leave stompjs out of SCENARIOS)"
+    local major
+    major=$("$NODE" -p 'process.versions.node.split(".")[0]')
+    ((major >= 20)) || die "the stompjs case needs node >= 20, found $("$NODE" --version)"
+    if [[ ! -f $STOMPJS_DIR/node_modules/.package-lock.json ||
+        $STOMPJS_DIR/package-lock.json -nt $STOMPJS_DIR/node_modules/.package-lock.json ]]; then
+        command -v npm >/dev/null || die "the stompjs case needs npm to install its dependencies"
+        log "installing the stomp.js generator's dependencies (npm ci in $STOMPJS_DIR)"
+        (cd "$STOMPJS_DIR" && npm ci --silent --no-audit --no-fund) || die "npm ci in $STOMPJS_DIR failed"
+    fi
+}
+
 # ---------------------------------------------------------------- Runs
 ROUND=0
 
-# run_case SERVER CASE ARGS...: runs herald-bench ARGS, appends its JSON
-# lines to the results with round, server, case, exit status, the machine's
-# CPU before the run and the exact command.
+# run_case SERVER CASE ARGS...: runs herald-bench ARGS (see run_cmd).
 run_case() {
     local server=$1 case=$2
     shift 2
-    local cmd=("$BENCH" --threads "$GEN_THREADS" "$@")
+    run_cmd "$server" "$case" "$BENCH" --threads "$GEN_THREADS" "$@"
+}
+
+# run_stompjs SERVER ARGS...: the stomp.js generator at the fixed rate (case
+# stompjs; see run_cmd).
+run_stompjs() {
+    local server=$1
+    shift
+    run_cmd "$server" stompjs "$NODE" "$STOMPJS" --clients "$CLIENTS" --rate "$FIXED_RATE" \
+        --duration "$FIXED_DURATION" "$@"
+}
+
+# run_cmd SERVER CASE COMMAND...: runs a generator, appends its JSON lines
+# to the results with round, server, case, exit status, the machine's CPU
+# before the run and the exact command.
+run_cmd() {
+    local server=$1 case=$2
+    shift 2
+    local cmd=("$@")
     wait_quiet
     log "round $ROUND $server $case: ${cmd[*]}"
     local out="$WORK/out.jsonl" err="$WORK/err.log" rc=0
@@ -384,7 +434,7 @@ run_case() {
 # Users the Herald cases need (find-max/fixed clients, fanout members, idle).
 herald_users_needed() {
     local n=2
-    if has "$SCENARIOS" find-max || has "$SCENARIOS" fixed; then
+    if has "$SCENARIOS" find-max || has "$SCENARIOS" fixed || has "$SCENARIOS" stompjs; then
         n=$((CLIENTS > n ? CLIENTS : n))
     fi
     if has "$SCENARIOS" fanout; then
@@ -411,6 +461,18 @@ herald_case() {
     herald_stop
 }
 
+# The stompjs case, likewise on a fresh Herald (the users file is
+# herald-bench's: its cached tokens spare the password hashing).
+herald_stompjs_case() {
+    local dir=$1
+    rm -rf "$dir/data"
+    cp -a "$dir/snapshot" "$dir/data"
+    herald_start "$dir"
+    run_stompjs herald --target herald --url "http://127.0.0.1:$HERALD_PORT" \
+        --server-pid "$HERALD_PID" --users-file "$dir/users.json"
+    herald_stop
+}
+
 herald_turn() {
     local dir="$WORK/round$ROUND-herald" n_users
     n_users=$(herald_users_needed)
@@ -428,6 +490,9 @@ herald_turn() {
     if has "$SCENARIOS" fixed; then
         herald_case "$dir" fixed rate --clients "$CLIENTS" --rate "$FIXED_RATE" \
             --duration "$FIXED_DURATION"
+    fi
+    if has "$SCENARIOS" stompjs; then
+        herald_stompjs_case "$dir"
     fi
     if has "$SCENARIOS" find-max; then
         herald_case "$dir" find-max find-max --clients "$CLIENTS" --start-rate "$START_RATE" \
@@ -458,10 +523,23 @@ rabbit_case() {
         --passcode "$RABBIT_PASSCODE" --vhost "$RABBIT_VHOST" --durable --server-pid "$pid" "$@"
 }
 
+# The stompjs case on a fresh, empty vhost.
+rabbit_stompjs_case() {
+    local pid
+    pid=$(rabbit_pid) || die "RabbitMQ is not running"
+    rabbit_reset_vhost
+    run_stompjs rabbitmq --target stomp --url "$RABBIT_URL" --login "$RABBIT_LOGIN" \
+        --passcode "$RABBIT_PASSCODE" --vhost "$RABBIT_VHOST" --durable --queue-prefix sj- \
+        --server-pid "$pid"
+}
+
 rabbit_turn() {
     if has "$SCENARIOS" fixed; then
         rabbit_case fixed --queue-prefix fx- rate --clients "$CLIENTS" --rate "$FIXED_RATE" \
             --duration "$FIXED_DURATION"
+    fi
+    if has "$SCENARIOS" stompjs; then
+        rabbit_stompjs_case
     fi
     if has "$SCENARIOS" find-max; then
         rabbit_case find-max --queue-prefix fm- find-max --clients "$CLIENTS" \
@@ -489,6 +567,12 @@ meta_record() {
             rabbit_nofile_limit=$(rabbit_nofile "$pid")
         fi
     fi
+    local node_version="" stompjs_version=""
+    if has "$SCENARIOS" stompjs; then
+        node_version=$("$NODE" --version 2>/dev/null || true)
+        stompjs_version=$(cd "$STOMPJS_DIR" && "$NODE" -p \
+            "require('./node_modules/@stomp/stompjs/package.json').version" 2>/dev/null || true)
+    fi
     git_rev=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
     if [[ -n $(git status --porcelain --untracked-files=no 2>/dev/null) ]]; then
         git_rev="$git_rev (with uncommitted changes)"
@@ -509,6 +593,8 @@ print(json.dumps(dict(zip(a[0::2], a[1::2]))))' \
         herald_version "$("$HERALD_BIN" --version 2>/dev/null || true)" \
         herald_git "$git_rev" \
         rustc "$(rustc --version 2>/dev/null || true)" \
+        node_version "$node_version" \
+        stompjs_version "$stompjs_version" \
         rabbitmq_version "$rabbit_version" \
         erlang_version "$erlang_version" \
         rabbitmq_nofile "$rabbit_nofile_limit" \
@@ -561,6 +647,9 @@ main() {
     HERALD_BIN_ABS=$HERALD_BIN
     [[ $HERALD_BIN_ABS == /* ]] || HERALD_BIN_ABS=$ROOT/$HERALD_BIN
 
+    if has "$SCENARIOS" stompjs; then
+        stompjs_setup
+    fi
     if has "$SERVERS" rabbitmq; then
         rabbit_setup
     fi

@@ -4,7 +4,9 @@ scripts/bench-vs-rabbitmq.sh (standard library only).
 
 Every number in the report comes from the results file (or the --before
 file): medians, min-max spreads and ratios are computed from the recorded
-herald-bench JSON lines; nothing is estimated or filled in.
+JSON lines of herald-bench and of the stomp.js generator (case `stompjs`,
+bench/stompjs; results files older than that case simply lack it);
+nothing is estimated or filled in.
 
 Usage:
   scripts/bench_report.py docs/bench/results-<ts>.jsonl \
@@ -168,6 +170,17 @@ METRICS = [
     Metric("fixed", "fixed rate: delivered", "msg/s", "higher", field(single, "delivered_rate")),
     Metric("fixed", "fixed rate: lost", "msgs", "lower", field(single, "lost"), ratio=False),
     Metric("fixed", "fixed rate: server CPU", "%", "lower", field(single, "server_cpu_pct")),
+    Metric("stompjs", "stomp.js fixed rate: p50", "ms", "lower", field(single, "p50_ms")),
+    Metric("stompjs", "stomp.js fixed rate: p99", "ms", "lower", field(single, "p99_ms")),
+    Metric("stompjs", "stomp.js fixed rate: p99.9", "ms", "lower", field(single, "p999_ms")),
+    Metric("stompjs", "stomp.js fixed rate: delivered", "msg/s", "higher",
+           field(single, "delivered_rate")),
+    Metric("stompjs", "stomp.js fixed rate: lost", "msgs", "lower", field(single, "lost"),
+           ratio=False),
+    Metric("stompjs", "stomp.js fixed rate: server CPU", "%", "lower",
+           field(single, "server_cpu_pct")),
+    Metric("stompjs", "stomp.js fixed rate: generator CPU", "%", "lower",
+           field(single, "generator_cpu_pct"), ratio=False),
     Metric("idle", "idle: server RSS per connection", "KiB", "lower",
            field(single, "kib_per_connection")),
     Metric("idle", "idle: connections", "", "higher", field(single, "clients"), ratio=False),
@@ -265,6 +278,9 @@ def machine_section(res):
         ("Load average at start", m.get("loadavg_start")),
         ("Herald", f"{m.get('herald_version', '?')}, git {m.get('herald_git', '?')}"),
         ("Rust", m.get("rustc")),
+        ("Node (stomp.js generator)",
+         f"{m['node_version']}, @stomp/stompjs {m.get('stompjs_version') or '?'}"
+         if m.get("node_version") else None),
         ("RabbitMQ", m.get("rabbitmq_version") or None),
         ("Erlang (erlang-base)", m.get("erlang_version") or None),
         ("RabbitMQ open-files limit", m.get("rabbitmq_nofile") or None),
@@ -277,7 +293,8 @@ def machine_section(res):
     out += ["| | |", "|---|---|"]
     out += [f"| {k} | {md_escape(v)} |" for k, v in rows if v]
     out.append("")
-    out.append("Generator (herald-bench) and server run on the same machine.")
+    out.append("Generator (herald-bench, or the stomp.js generator) and server run on the same "
+               "machine.")
     out.append("")
     return out
 
@@ -351,6 +368,7 @@ KEY_METRICS = [
     "find-max: p99 at that rate",
     "fixed rate: p99",
     "fixed rate: server CPU",
+    "stomp.js fixed rate: p99",
     "idle: server RSS per connection",
     "fanout: p99",
     "sync: time to pull all messages",
@@ -473,17 +491,79 @@ def bar_section(res):
         f"{fmt(t)} s", verdict(None if t is None else t < 1)))
     hp, rp = med("fixed rate: p99", "herald"), med("fixed rate: p99", "rabbitmq")
     rows.append((
-        f"fixed {res.knob('FIXED_RATE') or '?'} msg/s: Herald p99 ≤ RabbitMQ p99",
+        f"fixed {res.knob('FIXED_RATE') or '?'} msg/s (herald-bench): Herald p99 ≤ RabbitMQ p99",
         f"{fmt(hp)} ms vs {fmt(rp)} ms",
         verdict(None if hp is None or rp is None else hp <= rp)))
+    has_stompjs = stompjs_ran(res)
+    if has_stompjs:
+        sh, sr = med("stomp.js fixed rate: p99", "herald"), med("stomp.js fixed rate: p99", "rabbitmq")
+        rows.append((
+            f"fixed {res.knob('FIXED_RATE') or '?'} msg/s (stomp.js generator): "
+            "Herald p99 ≤ RabbitMQ p99",
+            f"{fmt(sh)} ms vs {fmt(sr)} ms",
+            verdict(None if sh is None or sr is None else sh <= sr)))
     out += ["| Target | Measured (medians) | Met |", "|---|---|---|"]
     out += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     out.append("")
+    if has_stompjs:
+        out.append(
+            "The fixed rate is measured twice per server and round: with herald-bench and with "
+            "an independent generator on stomp.js (bench/stompjs), see "
+            "[Fixed rate: two generators](#fixed-rate-two-generators)."
+        )
+    else:
+        out.append(
+            "The fixed-rate comparison here uses herald-bench for both servers; the issue's "
+            "bar also names an independent stomp.js generator, which this run did not include "
+            "(the `stompjs` case of scripts/bench-vs-rabbitmq.sh)."
+        )
+    out.append("")
+    return out
+
+
+def stompjs_ran(res):
+    """Whether the results have any record of the stompjs case."""
+    return any(r.get("case") == "stompjs" for r in res.records)
+
+
+def generators_section(res):
+    """The fixed-rate case measured with herald-bench and with the stomp.js
+    generator, side by side (omitted for results without the stompjs case)."""
+    if not stompjs_ran(res):
+        return []
+    out = ["## Fixed rate: two generators", ""]
+    rate, clients = res.knob("FIXED_RATE") or "?", res.knob("CLIENTS") or "?"
     out.append(
-        "The fixed-rate comparison here uses herald-bench for both servers; the issue's "
-        "bar also names an independent stomp.js generator, which this script does not run."
+        f"Durable 1:1 chat, {clients} clients at {rate} msg/s, the same flow driven by "
+        "herald-bench (Rust, tokio) and by an independent generator on stomp.js "
+        "(bench/stompjs/stompjs-bench.mjs, one Node process: its latencies include Node's "
+        "event-loop and 1 ms timer granularity; its CPU is in the last column). Medians over "
+        "the rounds (min–max); ratio: RabbitMQ/Herald (above 1× = Herald better)."
     )
     out.append("")
+    out += ["| Generator | Percentile | Herald | RabbitMQ Web-STOMP | Ratio | Generator CPU % (Herald / RabbitMQ) |",
+            "|---|---|---|---|---|---|"]
+    gens = (("herald-bench", "fixed", "fixed rate"), ("stomp.js", "stompjs", "stomp.js fixed rate"))
+    for gen, case, prefix in gens:
+        gcpu = [summary(Metric(case, "", "%", "lower", field(single, "generator_cpu_pct"))
+                        .values(res, s)) for s in SERVERS]
+        gcell = " / ".join(fmt(g[0]) if g else "–" for g in gcpu)
+        for pct in ("p50", "p99", "p99.9"):
+            m = METRICS_BY_LABEL[f"{prefix}: {pct}"]
+            h, r = summary(m.values(res, "herald")), summary(m.values(res, "rabbitmq"))
+            if h is None and r is None:
+                continue
+            out.append(f"| {gen} | {pct} | {fmt_summary(h)} | {fmt_summary(r)} | "
+                       f"{fmt_ratio(ratio_of(m, h, r))} | {gcell} |")
+    out.append("")
+    sat = sorted({(r.get("round"), r.get("server")) for r in res.records
+                  if r.get("case") == "stompjs" and r.get("generator_saturated") is True},
+                 key=str)
+    if sat:
+        out.append("Note: the stomp.js generator used a whole core in "
+                   + ", ".join(f"round {rnd} ({LABEL.get(s, s)})" for rnd, s in sat)
+                   + "; its latencies there include its own queueing.")
+        out.append("")
     return out
 
 
@@ -580,11 +660,11 @@ def commands_section(res):
             "at the end of RabbitMQ's turn; RabbitMQ keeps running, idle, while Herald runs.",
             "",
         ]
-    out += ["herald-bench commands (round 1; `$WORK` is the run's temporary directory):", ""]
+    out += ["Generator commands (round 1; `$WORK` is the run's temporary directory):", ""]
     first = min(res.rounds(), default=None)
     out.append("```sh")
     for s in SERVERS:
-        for case in ("find-max", "fixed", "fanout", "sync", "idle"):
+        for case in ("find-max", "fixed", "stompjs", "fanout", "sync", "idle"):
             recs = res.runs(s, case).get(first, [])
             if recs and recs[0].get("cmd"):
                 out.append(f"# {LABEL[s]}: {case}")
@@ -653,7 +733,9 @@ def reproduce_section(res):
         "STOMP and Web-STOMP on loopback, enables `rabbitmq_stomp` and `rabbitmq_web_stomp` "
         "(restarting RabbitMQ only when needed, e.g. to raise its open-files limit for the "
         "idle case), builds with `cargo build --release --bins`, then runs the rounds: per "
-        "round Herald's cases (fixed, find-max, fanout, sync, idle), then RabbitMQ's. "
+        "round Herald's cases (fixed, stompjs, find-max, fanout, sync, idle), then RabbitMQ's; "
+        "the stompjs case runs bench/stompjs/stompjs-bench.mjs (Node >= 20, `npm ci` there "
+        "when needed) at FIXED_RATE with CLIENTS clients for FIXED_DURATION s. "
         "Knobs are environment variables, listed at the top of the script: ROUNDS, SERVERS, "
         "SCENARIOS, CLIENTS, START_RATE, STEP, STEP_DURATION, P99_MS, MAX_STEPS, FIXED_RATE, "
         "FIXED_DURATION, FANOUT_MEMBERS, FANOUT_RATE, FANOUT_DURATION, SYNC_MESSAGES, "
@@ -796,7 +878,10 @@ def report(res, before, svg_rel, results_rel):
         "<!-- Generated by scripts/bench_report.py from the results file below; do not edit. -->",
         "",
         f"Results: [`{os.path.basename(res.path)}`]({results_rel}), produced by "
-        "`scripts/bench-vs-rabbitmq.sh` with `herald-bench` (open loop: latency is measured "
+        "`scripts/bench-vs-rabbitmq.sh` with `herald-bench`"
+        + (" and, for the `stompjs` case, the stomp.js generator in `bench/stompjs`"
+           if stompjs_ran(res) else "")
+        + " (open loop: latency is measured "
         "from each message's due time, so a slow server cannot hide its delays). Every "
         "number below is computed from that file.",
         "",
@@ -805,6 +890,7 @@ def report(res, before, svg_rel, results_rel):
     out += bar_section(res)
     out += results_section(res)
     out += [f"![p99 latency against offered rate]({svg_rel})", ""]
+    out += generators_section(res)
     out += steps_section(res)
     out += per_round_section(res)
     out += health_section(res)
