@@ -115,7 +115,14 @@ impl Node {
             store,
         };
         let (shutdown, _) = watch::channel(false);
-        let tasks = start_consumers(&services, &*session_topic, &*ack_topic, &shutdown).await?;
+        let (tasks, published) =
+            start_consumers(&services, &*session_topic, &*ack_topic, &shutdown).await?;
+        // Sends published before a crash are stored before serving: a new
+        // pair's session id lives only in memory until its first message is
+        // stored, so a send must not race the replay to hand out another.
+        if !services.stored.wait_for(published, REPLAY_WAIT).await {
+            tracing::warn!(published, "serving before the session topic was replayed");
+        }
         Ok(Node {
             services,
             shutdown,
@@ -140,20 +147,26 @@ impl Node {
 const INBOX_WRITER: &str = "inbox-writer";
 const ACK_CYCLE: &str = "ack-cycle";
 
+/// Longest wait at start for the session topic's replay.
+const REPLAY_WAIT: Duration = Duration::from_secs(60);
+
+/// Starts the consumers; also returns the session topic's head at start.
 async fn start_consumers(
     s: &Services,
     session_topic: &dyn DurableTopic,
     ack_topic: &dyn DurableTopic,
     shutdown: &watch::Sender<bool>,
-) -> anyhow::Result<Vec<JoinHandle<()>>> {
+) -> anyhow::Result<(Vec<JoinHandle<()>>, u64)> {
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
     // Each consumer resumes where the documents say it got to: they hold
     // its position in the same transactions as what it applied.
     let resume = s.store.applied_position(INBOX_WRITER).await?;
     let session_consumer = session_topic.consumer(INBOX_WRITER, resume).await?;
+    s.stored.advance(session_consumer.position());
+    let published = session_consumer.position() + session_consumer.lag();
     let resume = s.store.applied_position(ACK_CYCLE).await?;
     let ack_consumer = ack_topic.consumer(ACK_CYCLE, resume).await?;
-    Ok(vec![
+    let tasks = vec![
         tokio::spawn(run_topic(
             "session",
             INBOX_WRITER,
@@ -183,7 +196,8 @@ async fn start_consumers(
             s.delivery.clone(),
             shutdown.subscribe(),
         )),
-    ])
+    ];
+    Ok((tasks, published))
 }
 
 /// `herald serve`: runs until SIGINT/SIGTERM, then stops accepting,

@@ -43,6 +43,7 @@ fn push_one(hub: &DeliveryHub, sent: &MessageSent) {
         };
         let event = Arc::new(UserEvent {
             message_id: doc.message_id,
+            inbox_seq: r.inbox_seq,
             body,
             pending: r.status == InboxStatus::Pending,
             stored_at: sent.stored_at,

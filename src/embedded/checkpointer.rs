@@ -21,7 +21,10 @@ use rusqlite::Connection;
 use super::schema;
 use crate::error::{BackendError, BackendResult};
 
-/// How often the WAL is checked.
+/// How often the WAL is checked. Measured at 2,500 msg/s, p99
+/// send-to-receive was about 7 ms with 50 ms, 10 ms with 200 ms and 80 ms
+/// with 5 s; but near saturation (7,000 msg/s) 50 ms copied the same hot
+/// pages so often that p99 went from about 100 ms to 250-400 ms.
 const EVERY: Duration = Duration::from_millis(200);
 
 /// Applied positions (see `applied_positions`) that are on disk, by consumer.

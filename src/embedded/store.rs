@@ -254,6 +254,13 @@ fn store_batch(
             // (devices reconnect and sync).
             continue;
         }
+        let mut r = r;
+        // A session this writer has not stored into yet may be a new pair.
+        if r.session_type == SessionType::Single
+            && !counters.seqs.session_seq.contains_key(&r.session_id)
+        {
+            r.session_id = ensure_single_session(c, &r)?;
+        }
         let recipients = counters.recipients(c, &r)?;
         let seq = counters.next_seq(c, r.session_id)?;
         let accepted_at_ms = r.server_ts;
@@ -317,6 +324,39 @@ fn store_batch(
     Ok(out)
 }
 
+fn find_single_session(c: &Connection, lo: i64, hi: i64) -> BackendResult<Option<u64>> {
+    Ok(c.prepare_cached(
+        "SELECT session_id FROM sessions WHERE session_type = 1 AND user_lo = ? AND user_hi = ?",
+    )?
+    .query_row([lo, hi], |r| r.get::<_, i64>(0))
+    .optional()?
+    .map(|v| v as u64))
+}
+
+/// Creates the single session a record names if it is new, and returns
+/// the pair's session id: the record's, unless the pair already has
+/// another (possible only if two ids were handed out for a pair across a
+/// crash, before the first was stored; its messages then join the stored
+/// session, so the pair keeps one conversation).
+fn ensure_single_session(c: &Connection, r: &SendRecord) -> BackendResult<u64> {
+    let to = r.to_user_id.unwrap_or(r.sender_id);
+    let (lo, hi) = (r.sender_id.min(to) as i64, r.sender_id.max(to) as i64);
+    c.prepare_cached(
+        "INSERT INTO sessions(session_id, session_type, user_lo, user_hi, last_seq, updated_at)
+         VALUES (?, 1, ?, ?, 0, ?) ON CONFLICT DO NOTHING",
+    )?
+    .execute(params![r.session_id as i64, lo, hi, r.server_ts])?;
+    let id = find_single_session(c, lo, hi)?.unwrap_or(r.session_id);
+    if id != r.session_id {
+        tracing::warn!(
+            given = r.session_id,
+            stored = id,
+            "a second session id for one pair; storing under the first"
+        );
+    }
+    Ok(id)
+}
+
 /// Where a message sits in every inbox: (session id, seq).
 fn message_position(c: &Connection, message_id: u64) -> BackendResult<Option<(i64, i64)>> {
     Ok(
@@ -349,12 +389,28 @@ fn apply_ack(c: &Connection, ack: &AckRecord) -> BackendResult<AckOutcome> {
                     .optional()?
                     .map(InboxStatus::from_code);
                 let Some(old) = old else { continue };
-                if old < *status {
+                if out.raise(mid, old, *status) {
                     upd.execute(params![status.code(), user, session, seq])?;
-                    out.updated += 1;
-                    if old == InboxStatus::Pending {
-                        out.no_longer_pending.push(mid);
-                    }
+                }
+            }
+        }
+        AckCommand::Entries { entries, status } => {
+            // The message id must match too: an entry is only ever acked as
+            // it was pushed to this user.
+            let mut sel = c.prepare_cached(
+                "SELECT status FROM inbox WHERE user_id = ? AND inbox_seq = ? AND message_id = ?",
+            )?;
+            let mut upd = c.prepare_cached(
+                "UPDATE inbox SET status = ? WHERE user_id = ? AND inbox_seq = ?",
+            )?;
+            for &(mid, inbox_seq) in entries {
+                let old = sel
+                    .query_row(params![user, inbox_seq, mid as i64], |r| r.get::<_, i64>(0))
+                    .optional()?
+                    .map(InboxStatus::from_code);
+                let Some(old) = old else { continue };
+                if out.raise(mid, old, *status) {
+                    upd.execute(params![status.code(), user, inbox_seq])?;
                 }
             }
         }
@@ -585,34 +641,10 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn single_session(&self, a: u64, b: u64, new_id: u64) -> BackendResult<u64> {
-        let (lo, hi) = if a < b {
-            (a as i64, b as i64)
-        } else {
-            (b as i64, a as i64)
-        };
-        let find = "SELECT session_id FROM sessions WHERE session_type = 1 AND user_lo = ? AND user_hi = ?";
-        let existing = self
-            .readers
-            .read(move |c| {
-                Ok(c.prepare_cached(find)?
-                    .query_row([lo, hi], |r| r.get::<_, i64>(0))
-                    .optional()?)
-            })
-            .await?;
-        if let Some(id) = existing {
-            return Ok(id as u64);
-        }
-        let now = crate::model::ids::now_ms();
+    async fn find_single_session(&self, a: u64, b: u64) -> BackendResult<Option<u64>> {
+        let (lo, hi) = (a.min(b) as i64, a.max(b) as i64);
         self.writer
-            .write(move |c| {
-                c.prepare_cached(
-                    "INSERT OR IGNORE INTO sessions(session_id, session_type, user_lo, user_hi, last_seq, updated_at)
-                     VALUES (?, 1, ?, ?, 0, ?)",
-                )?
-                .execute(params![new_id as i64, lo, hi, now])?;
-                Ok(c.prepare_cached(find)?.query_row([lo, hi], |r| r.get::<_, i64>(0))? as u64)
-            })
+            .read_now(move |c| find_single_session(c, lo, hi))
             .await
     }
 

@@ -159,3 +159,81 @@ async fn an_older_single_file_layout_keeps_its_unconsumed_records() {
         .unwrap();
     assert_eq!(left, 0, "the old tables are gone from herald.db");
 }
+
+#[tokio::test]
+async fn a_new_pair_gets_one_session_with_its_first_stored_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path());
+    let store = SqliteStore::new(&db.documents);
+    assert_eq!(store.find_single_session(2, 1).await.unwrap(), None);
+    let applied = AppliedPosition {
+        consumer: "w",
+        offset: 1,
+    };
+    store
+        .store_messages(vec![record(100)], applied)
+        .await
+        .unwrap();
+    assert_eq!(store.find_single_session(2, 1).await.unwrap(), Some(7));
+    // A second id handed out for the pair (across a crash) joins the first
+    // session, with gap-free seqs.
+    let mut stray = record(101);
+    stray.session_id = 8;
+    let stored = store.store_messages(vec![stray], applied).await.unwrap();
+    assert_eq!(stored[0].doc.session_id, 7);
+    assert_eq!(stored[0].doc.seq, 2);
+    let info = store.session_info(7).await.unwrap().unwrap();
+    assert_eq!(info.members, vec![1, 2]);
+    assert!(store.session_info(8).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn stomp_acks_name_inbox_entries_and_only_raise_the_users_own() {
+    use crate::model::{AckCommand, AckRecord, InboxStatus};
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path());
+    let store = SqliteStore::new(&db.documents);
+    let applied = |offset| AppliedPosition {
+        consumer: "a",
+        offset,
+    };
+    let stored = store
+        .store_messages(vec![record(100)], applied(1))
+        .await
+        .unwrap();
+    let entry = |user| {
+        stored[0]
+            .recipients
+            .iter()
+            .find(|r| r.user_id == user)
+            .unwrap()
+            .inbox_seq
+    };
+    let ack = |user_id, entries: Vec<(u64, i64)>| AckRecord {
+        user_id,
+        command: AckCommand::Entries {
+            entries,
+            status: InboxStatus::Delivered,
+        },
+        reply_token: None,
+    };
+    let outcomes = store
+        .apply_acks(
+            vec![
+                // Wrong message id for the entry, or someone else's entry.
+                ack(2, vec![(999, entry(2))]),
+                ack(3, vec![(100, entry(2))]),
+                // The recipient's own entry, twice.
+                ack(2, vec![(100, entry(2))]),
+                ack(2, vec![(100, entry(2))]),
+            ],
+            applied(2),
+        )
+        .await
+        .unwrap();
+    let updated: Vec<u64> = outcomes.iter().map(|o| o.updated).collect();
+    assert_eq!(updated, vec![0, 0, 1, 0]);
+    assert_eq!(outcomes[2].no_longer_pending, vec![100]);
+    let inbox = store.inbox_messages(2, &[100]).await.unwrap();
+    assert_eq!(inbox[0].status, InboxStatus::Delivered);
+}

@@ -306,4 +306,8 @@ impl TopicConsumer for SqliteConsumer {
     fn lag(&self) -> u64 {
         self.head.borrow().saturating_sub(self.position)
     }
+
+    fn position(&self) -> u64 {
+        self.position
+    }
 }

@@ -86,6 +86,28 @@ impl Writer {
         Ok(rx)
     }
 
+    /// Runs the read `f` on the writer thread and answers as soon as it ran,
+    /// without waiting for the commit: for hot lookups, where the writer's
+    /// warm cache beats a pooled reader and its trip through the blocking
+    /// pool. It sees the writes of the open batch too (they commit, or the
+    /// whole batch fails).
+    pub async fn read_now<R, F>(&self, f: F) -> BackendResult<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> BackendResult<R> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let _ = tx.send(f(conn));
+            (true, Box::new(|_| {}))
+        });
+        self.jobs
+            .send(job)
+            .await
+            .map_err(|_| BackendError::Closed)?;
+        rx.await.map_err(|_| BackendError::Closed)?
+    }
+
     /// Runs `f` in the next group commit and waits for the commit.
     pub async fn write<R, F>(&self, f: F) -> BackendResult<R>
     where

@@ -168,6 +168,13 @@ pub enum AckCommand {
         message_ids: Vec<u64>,
         status: InboxStatus,
     },
+    /// Mark these entries of the user's inbox, named (messageId, inboxSeq)
+    /// as they were pushed, at least `status`: STOMP ACKs, found by the
+    /// inbox's primary key instead of through the message.
+    Entries {
+        entries: Vec<(u64, i64)>,
+        status: InboxStatus,
+    },
     /// Mark the session's messages up to `up_to_seq` (all if `None`) read.
     SessionRead {
         session_id: u64,
@@ -211,6 +218,21 @@ pub struct AckOutcome {
     pub updated: u64,
     /// Message ids that left `pending` (no more redelivery for them).
     pub no_longer_pending: Vec<u64>,
+}
+
+impl AckOutcome {
+    /// Counts an entry of `message_id` going from `old` to `new`; `false`
+    /// (and nothing counted) if that is not a rise: statuses never go back.
+    pub fn raise(&mut self, message_id: u64, old: InboxStatus, new: InboxStatus) -> bool {
+        if old >= new {
+            return false;
+        }
+        self.updated += 1;
+        if old == InboxStatus::Pending {
+            self.no_longer_pending.push(message_id);
+        }
+        true
+    }
 }
 
 /// A user account.

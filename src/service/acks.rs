@@ -25,7 +25,7 @@ pub struct AckService {
     topic: Arc<dyn DurableTopic>,
     waiters: Mutex<HashMap<u64, oneshot::Sender<AckOutcome>>>,
     next_token: AtomicU64,
-    soon: mpsc::Sender<(u64, u64, InboxStatus)>,
+    soon: mpsc::Sender<SoonAck>,
     /// Acks accepted by `ack_soon` so far.
     soon_queued: AtomicU64,
     /// (acks of `ack_soon` published so far, highest offset they used).
@@ -33,6 +33,9 @@ pub struct AckService {
     /// Highest ack-topic offset the ack-cycle consumer has applied.
     applied: Watermark,
 }
+
+/// An ack of one pushed inbox entry: (user, message id, inboxSeq, status).
+type SoonAck = (u64, u64, i64, InboxStatus);
 
 /// Longest wait of `settle`: a stalled ack pipeline delays reads, never
 /// blocks them.
@@ -98,8 +101,12 @@ impl AckService {
 
     /// Queues a single-message ack to be published with others shortly
     /// (auto-ack on write, STOMP ACK frames): the hot path, never waits.
-    pub fn ack_soon(&self, user_id: u64, message_id: u64, status: InboxStatus) {
-        if self.soon.try_send((user_id, message_id, status)).is_ok() {
+    pub fn ack_soon(&self, user_id: u64, message_id: u64, inbox_seq: i64, status: InboxStatus) {
+        if self
+            .soon
+            .try_send((user_id, message_id, inbox_seq, status))
+            .is_ok()
+        {
             self.soon_queued.fetch_add(1, Ordering::Relaxed);
         } else {
             // The entry stays pending: redelivery or sync recovers it.
@@ -146,10 +153,7 @@ async fn publish_batch(topic: &dyn DurableTopic, envelope: AckEnvelope) -> AppRe
     Ok(durable.await?)
 }
 
-async fn batch_loop(
-    svc: std::sync::Weak<AckService>,
-    mut rx: mpsc::Receiver<(u64, u64, InboxStatus)>,
-) {
+async fn batch_loop(svc: std::sync::Weak<AckService>, mut rx: mpsc::Receiver<SoonAck>) {
     let mut buf = Vec::with_capacity(BATCH_MAX);
     while let Some(first) = rx.recv().await {
         buf.push(first);
@@ -162,18 +166,18 @@ async fn batch_loop(
         }
         let Some(svc) = svc.upgrade() else { return };
         let items = buf.len() as u64;
-        let mut grouped: HashMap<(u64, InboxStatus), Vec<u64>> = HashMap::new();
-        for (user, mid, status) in buf.drain(..) {
-            grouped.entry((user, status)).or_default().push(mid);
+        let mut grouped: HashMap<(u64, InboxStatus), Vec<(u64, i64)>> = HashMap::new();
+        for (user, mid, inbox_seq, status) in buf.drain(..) {
+            grouped
+                .entry((user, status))
+                .or_default()
+                .push((mid, inbox_seq));
         }
         let records = grouped
             .into_iter()
-            .map(|((user_id, status), message_ids)| AckRecord {
+            .map(|((user_id, status), entries)| AckRecord {
                 user_id,
-                command: AckCommand::Messages {
-                    message_ids,
-                    status,
-                },
+                command: AckCommand::Entries { entries, status },
                 reply_token: None,
             })
             .collect();

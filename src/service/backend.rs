@@ -26,8 +26,9 @@ pub trait Store: Send + Sync + 'static {
     /// `false` if the user was not a member.
     async fn remove_group_member(&self, group_id: u64, user_id: u64) -> BackendResult<bool>;
 
-    /// The single session of two users, created with `new_id` if missing.
-    async fn single_session(&self, a: u64, b: u64, new_id: u64) -> BackendResult<u64>;
+    /// The single session of two users, if it was stored. A new one is
+    /// created by `store_messages`, with the first message stored in it.
+    async fn find_single_session(&self, a: u64, b: u64) -> BackendResult<Option<u64>>;
     async fn session_info(&self, session_id: u64) -> BackendResult<Option<SessionInfo>>;
 
     /// Writes one `MessageDoc` and one inbox entry per recipient for each
@@ -171,4 +172,6 @@ pub trait TopicConsumer: Send {
     async fn commit(&mut self, offset: u64) -> BackendResult<()>;
     /// Records published but not yet polled.
     fn lag(&self) -> u64;
+    /// The offset of the last record polled (or resumed after).
+    fn position(&self) -> u64;
 }

@@ -22,6 +22,8 @@ use crate::model::ids::now_ms;
 #[derive(Debug)]
 pub struct UserEvent {
     pub message_id: u64,
+    /// The recipient's `inboxSeq` of it.
+    pub inbox_seq: i64,
     /// The `MessageVo` JSON.
     pub body: Bytes,
     /// The user's entry is `pending`: a client-ack push must be tracked for
@@ -250,6 +252,7 @@ mod tests {
     fn event(id: u64) -> Arc<UserEvent> {
         Arc::new(UserEvent {
             message_id: id,
+            inbox_seq: id as i64,
             body: Bytes::from_static(b"{}"),
             pending: true,
             stored_at: Instant::now(),

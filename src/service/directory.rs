@@ -130,14 +130,22 @@ impl Directory {
         }
     }
 
-    /// The single session of two users, created on first use.
+    /// The single session of two users. A new pair gets its id here, held
+    /// only in this cache until the first message stored in it creates the
+    /// session (`Store::store_messages`): a first message costs no write
+    /// and no wait for a commit. (This cache is never trimmed: it is the
+    /// authority for pairs whose first message is still on its way.)
     pub async fn single_session(&self, a: u64, b: u64) -> AppResult<u64> {
         let key = (a.min(b), a.max(b));
         if let Some(id) = self.single_sessions.read().get(&key) {
             return Ok(*id);
         }
-        let id = self.store.single_session(a, b, self.ids.next_id()).await?;
-        self.single_sessions.write().insert(key, id);
+        let stored = self.store.find_single_session(a, b).await?;
+        // Under the lock: concurrent first sends of a pair agree on one id.
+        let mut cache = self.single_sessions.write();
+        let id = *cache
+            .entry(key)
+            .or_insert_with(|| stored.unwrap_or_else(|| self.ids.next_id()));
         Ok(id)
     }
 

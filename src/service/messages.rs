@@ -244,6 +244,7 @@ impl MessageService {
                     serde_json::to_vec(&vo).map_err(|e| AppError::Unavailable(e.to_string()))?;
                 let event = Arc::new(UserEvent {
                     message_id,
+                    inbox_seq: entry.inbox_seq,
                     body: Bytes::from(body),
                     pending: false,
                     stored_at: Instant::now(),
@@ -478,6 +479,7 @@ impl MessageService {
                 .map_err(|e| AppError::Unavailable(e.to_string()))?;
             let event = Arc::new(UserEvent {
                 message_id: entry.doc.message_id,
+                inbox_seq: entry.inbox_seq,
                 body: Bytes::from(body),
                 pending: true,
                 stored_at: Instant::now(),

@@ -53,7 +53,11 @@ struct Subscription {
 }
 
 enum UnackedKind {
-    Message(u64),
+    /// A pushed message and the user's `inboxSeq` of it.
+    Message {
+        id: u64,
+        inbox_seq: i64,
+    },
     Other,
 }
 
@@ -576,7 +580,7 @@ impl Connection {
         if let AckCommand::Messages { message_ids, .. } = &command {
             if let Some(s) = self.session.as_mut() {
                 s.unacked.retain(
-                    |_, u| !matches!(u.kind, UnackedKind::Message(m) if message_ids.contains(&m)),
+                    |_, u| !matches!(u.kind, UnackedKind::Message { id, .. } if message_ids.contains(&id)),
                 );
             }
         }
@@ -613,9 +617,9 @@ impl Connection {
 
     // ----- ACK / NACK -----
 
-    /// Handles ACK/NACK bookkeeping; returns the message ids a positive
-    /// ACK acknowledged (NACKs are handled here).
-    fn on_ack(&mut self, frame: &Frame, positive: bool) -> Result<Vec<u64>, Fatal> {
+    /// Handles ACK/NACK bookkeeping; returns the (message id, inboxSeq)
+    /// entries a positive ACK acknowledged (NACKs are handled here).
+    fn on_ack(&mut self, frame: &Frame, positive: bool) -> Result<Vec<(u64, i64)>, Fatal> {
         let id = frame
             .header("id")
             .or_else(|| frame.header("message-id"))
@@ -646,17 +650,17 @@ impl Connection {
                 }
             }
         }
-        let ids: Vec<u64> = acked
+        let entries: Vec<(u64, i64)> = acked
             .into_iter()
             .filter_map(|k| match k {
-                UnackedKind::Message(mid) => Some(mid),
+                UnackedKind::Message { id, inbox_seq } => Some((id, inbox_seq)),
                 UnackedKind::Other => None,
             })
             .collect();
         if positive {
-            return Ok(ids);
+            return Ok(entries);
         }
-        for mid in ids {
+        for (mid, _) in entries {
             self.nack(user_id, conn_id, mid);
         }
         Ok(Vec::new())
@@ -664,23 +668,23 @@ impl Connection {
 
     /// Marks acked messages `delivered`: batched in the background, or
     /// applied before returning when the client waits for a RECEIPT.
-    async fn ack_messages(&mut self, ids: Vec<u64>, wait: bool) {
+    async fn ack_messages(&mut self, entries: Vec<(u64, i64)>, wait: bool) {
         let Some(user_id) = self.session.as_ref().map(|s| s.user_id) else {
             return;
         };
-        if ids.is_empty() {
+        if entries.is_empty() {
             return;
         }
         if !wait {
-            for mid in ids {
+            for (mid, inbox_seq) in entries {
                 self.services
                     .acks
-                    .ack_soon(user_id, mid, InboxStatus::Delivered);
+                    .ack_soon(user_id, mid, inbox_seq, InboxStatus::Delivered);
             }
             return;
         }
-        let command = AckCommand::Messages {
-            message_ids: ids,
+        let command = AckCommand::Entries {
+            entries,
             status: InboxStatus::Delivered,
         };
         if let Err(e) = self.services.acks.apply(user_id, command).await {
@@ -817,7 +821,10 @@ impl Connection {
                 &sub_id,
                 mode,
                 &message_id,
-                UnackedKind::Message(ev.message_id),
+                UnackedKind::Message {
+                    id: ev.message_id,
+                    inbox_seq: ev.inbox_seq,
+                },
             );
             self.outgoing.push(frames::json_message(
                 destination::MESSAGES,
@@ -834,11 +841,12 @@ impl Connection {
             if ev.pending {
                 match mode {
                     // Written to the connection counts as received.
-                    AckMode::Auto => {
-                        self.services
-                            .acks
-                            .ack_soon(user_id, ev.message_id, InboxStatus::Delivered)
-                    }
+                    AckMode::Auto => self.services.acks.ack_soon(
+                        user_id,
+                        ev.message_id,
+                        ev.inbox_seq,
+                        InboxStatus::Delivered,
+                    ),
                     _ => self.services.redelivery.track(user_id, ev.message_id),
                 }
             }
