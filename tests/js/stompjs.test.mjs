@@ -6,7 +6,7 @@ import { spawn } from 'node:child_process';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, dirname } from 'node:path';
-import { createServer } from 'node:net';
+import { freePort, waitHealthy } from './server.mjs';
 import { fileURLToPath } from 'node:url';
 import { Client } from '@stomp/stompjs';
 import WebSocket from 'ws';
@@ -17,28 +17,6 @@ const here = dirname(fileURLToPath(import.meta.url));
 const bin = process.env.HERALD_BIN || join(here, '..', '..', 'target', 'debug', 'herald');
 let server;
 let base;
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-async function waitHealthy(url, ms) {
-  const deadline = Date.now() + ms;
-  while (Date.now() < deadline) {
-    try {
-      if ((await fetch(url)).ok) return;
-    } catch { /* not yet */ }
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`server not healthy at ${url}`);
-}
 
 before(async () => {
   const port = await freePort();
