@@ -95,7 +95,7 @@ settings! {
     heartbeat_ms: u64 = 10_000;
     /// Pushes queued per connection before it counts as a slow consumer.
     connection_queue: usize = 1024;
-    /// `full` fsyncs each group commit; `normal` survives process crashes only.
+    /// `full` fsyncs each topic commit (acked sends survive power loss); `normal` survives process crashes only.
     durability: String = "full".into();
     /// Most operations grouped into one embedded-store commit.
     commit_batch_max: usize = 2048;
