@@ -21,6 +21,7 @@ pub use topic::SqliteTopic;
 pub use writer::Writer;
 
 use std::path::Path;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use crate::error::{BackendError, BackendResult};
@@ -43,10 +44,17 @@ impl Database {
         batch_max: usize,
     ) -> BackendResult<Database> {
         let conn = schema::open_write(path, role, durability_full)?;
-        let writer = Writer::start(conn, role.label(), batch_max)?;
+        let finish_checkpoint = Arc::new(AtomicBool::new(false));
+        let writer = Writer::start(conn, role.label(), batch_max, finish_checkpoint.clone())?;
         let durable = Arc::new(DurablePositions::default());
         let tracked = (role == schema::Role::Documents).then(|| durable.clone());
-        checkpointer::start(path, role.label(), tracked)?;
+        checkpointer::start(
+            path,
+            role.label(),
+            role.wal_restart_frames(),
+            finish_checkpoint,
+            tracked,
+        )?;
         let readers = Arc::new(ReadPool::new(path.to_path_buf()));
         Ok(Database {
             writer,

@@ -4,7 +4,7 @@
 //! others; every job's result is released only after the commit succeeds.
 
 use rusqlite::Connection;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -29,14 +29,21 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer thread of database `db` (a metric label).
-    pub fn start(conn: Connection, db: &'static str, batch_max: usize) -> BackendResult<Writer> {
+    /// Starts the writer thread of database `db` (a metric label). When
+    /// `finish_checkpoint` is raised, the writer completes the WAL
+    /// checkpoint after its next commit (see `finish_checkpoint`).
+    pub fn start(
+        conn: Connection,
+        db: &'static str,
+        batch_max: usize,
+        finish_checkpoint: Arc<AtomicBool>,
+    ) -> BackendResult<Writer> {
         let (jobs, rx) = mpsc::channel::<Job>(QUEUE_DEPTH);
         let rollbacks = Arc::new(AtomicU64::new(0));
         let counted = rollbacks.clone();
         std::thread::Builder::new()
             .name(format!("writer-{db}"))
-            .spawn(move || run(conn, rx, db, batch_max.max(1), &counted))
+            .spawn(move || run(conn, rx, db, batch_max.max(1), &counted, &finish_checkpoint))
             .map_err(|e| BackendError::Other(format!("cannot start writer: {e}")))?;
         Ok(Writer { jobs, rollbacks })
     }
@@ -135,6 +142,7 @@ fn run(
     db: &'static str,
     batch_max: usize,
     rollbacks: &AtomicU64,
+    checkpoint_wanted: &AtomicBool,
 ) {
     while let Some(first) = rx.blocking_recv() {
         let started = Instant::now();
@@ -151,8 +159,27 @@ fn run(
         metrics::histogram!("herald_store_commit_seconds", "db" => db)
             .record(started.elapsed().as_secs_f64());
         metrics::histogram!("herald_store_commit_batch_size", "db" => db).record(size as f64);
+        if checkpoint_wanted.swap(false, Ordering::AcqRel) {
+            finish_checkpoint(&conn, db);
+        }
     }
     tracing::debug!("writer stopped: every handle dropped");
+}
+
+/// The WAL is reused only after a checkpoint that copied all of it, which
+/// the checkpointer thread never achieves under sustained writes (frames
+/// keep coming while it copies): the WAL grew by GBs and every page read
+/// slowed with its index. Between two transactions the writer adds no
+/// frames, so its own PASSIVE checkpoint completes, copying only what came
+/// since the checkpointer's last pass (milliseconds of writes), and the
+/// next transaction starts the WAL over.
+fn finish_checkpoint(conn: &Connection, db: &'static str) {
+    let started = Instant::now();
+    match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(0)) {
+        Ok(_) => metrics::histogram!("herald_store_wal_restart_seconds", "db" => db)
+            .record(started.elapsed().as_secs_f64()),
+        Err(e) => tracing::warn!(error = %e, "finishing a checkpoint failed"),
+    }
 }
 
 /// One open transaction: jobs run as they arrive, each in a savepoint so a
@@ -251,7 +278,11 @@ mod tests {
                 .unwrap();
         conn.execute_batch("CREATE TABLE t(v INTEGER UNIQUE)")
             .unwrap();
-        (dir, Writer::start(conn, "test", 64).unwrap(), path)
+        (
+            dir,
+            Writer::start(conn, "test", 64, Arc::default()).unwrap(),
+            path,
+        )
     }
 
     #[tokio::test]
@@ -311,5 +342,50 @@ mod tests {
             .unwrap();
         assert!(failed.is_err());
         assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_finished_checkpoint_lets_the_wal_start_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let conn =
+            super::super::schema::open_write(&path, super::super::schema::Role::Documents, false)
+                .unwrap();
+        conn.execute_batch("CREATE TABLE t(v BLOB)").unwrap();
+        let finish = Arc::new(AtomicBool::new(false));
+        let w = Writer::start(conn, "test", 64, finish.clone()).unwrap();
+        let insert = |w: &Writer| {
+            let w = w.clone();
+            async move {
+                w.write(|c| Ok(c.execute("INSERT INTO t(v) VALUES (zeroblob(2000))", [])?))
+                    .await
+                    .unwrap();
+            }
+        };
+        let wal_bytes = || {
+            std::fs::metadata(path.with_extension("db-wal"))
+                .unwrap()
+                .len()
+        };
+        for _ in 0..100 {
+            insert(&w).await;
+        }
+        let before = wal_bytes();
+        for _ in 0..50 {
+            insert(&w).await;
+        }
+        let grown = wal_bytes();
+        assert!(grown > before, "without a checkpoint the WAL grows");
+        finish.store(true, Ordering::Release);
+        insert(&w).await; // the writer checkpoints after this commit...
+        for _ in 0..50 {
+            insert(&w).await; // ...and these reuse the WAL from its start
+        }
+        assert_eq!(
+            wal_bytes(),
+            grown,
+            "the WAL started over instead of growing"
+        );
+        assert!(!finish.load(Ordering::Acquire));
     }
 }
