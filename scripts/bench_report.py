@@ -871,7 +871,7 @@ def threshold_of(res):
 # ---------------------------------------------------------------- main
 
 
-def report(res, before, svg_rel, results_rel):
+def report(res, before, svg_rel, results_rel, notes):
     out = [
         "# Benchmarks: Herald vs RabbitMQ Web-STOMP",
         "",
@@ -895,6 +895,7 @@ def report(res, before, svg_rel, results_rel):
     out += per_round_section(res)
     out += health_section(res)
     out += before_section(res, before)
+    out += notes
     out += machine_section(res)
     out += commands_section(res)
     out += reproduce_section(res)
@@ -907,6 +908,11 @@ def main(argv=None):
     ap.add_argument("--before", help="an earlier results file (Before/after section)")
     ap.add_argument("--out", default="docs/BENCHMARKS.md", help="Markdown output ('-': stdout)")
     ap.add_argument("--svg", default="docs/bench/latency-vs-rate.svg", help="SVG chart output")
+    ap.add_argument(
+        "--notes",
+        default="docs/bench/NOTES.md",
+        help="hand-written profiling notes included verbatim, if the file exists",
+    )
     a = ap.parse_args(argv)
     try:
         res = Results(a.results)
@@ -935,7 +941,11 @@ def main(argv=None):
     out_dir = os.path.dirname(os.path.abspath(a.out)) if a.out != "-" else os.getcwd()
     svg_rel = os.path.relpath(os.path.abspath(a.svg), out_dir)
     results_rel = os.path.relpath(os.path.abspath(a.results), out_dir)
-    text = report(res, before, svg_rel, results_rel)
+    notes = []
+    if a.notes and os.path.exists(a.notes):
+        with open(a.notes, encoding="utf-8") as f:
+            notes = [f.read().rstrip("\n"), ""]
+    text = report(res, before, svg_rel, results_rel, notes)
     if a.out == "-":
         sys.stdout.write(text)
     else:
