@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 use crate::config::Config;
 use crate::consumer::ack_cycle::{self, AckConsumer};
 use crate::consumer::session_consumer::SessionConsumer;
-use crate::consumer::{message_listener, run_topic};
+use crate::consumer::{message_listener, run_topic, Consuming};
 use crate::controller::listener::NoDelayAcceptor;
 use crate::embedded::{Embedded, SqliteStore, SqliteTopic};
 use crate::model::IdGenerator;
@@ -168,8 +168,11 @@ async fn start_consumers(
     let ack_consumer = ack_topic.consumer(ACK_CYCLE, resume).await?;
     let tasks = vec![
         tokio::spawn(run_topic(
-            "session",
-            INBOX_WRITER,
+            Consuming {
+                topic: "session",
+                group: INBOX_WRITER,
+                store: s.store.clone(),
+            },
             session_consumer,
             SessionConsumer {
                 store: s.store.clone(),
@@ -180,8 +183,11 @@ async fn start_consumers(
         )),
         tokio::spawn(message_listener::run(events_rx, s.delivery.clone())),
         tokio::spawn(run_topic(
-            "ack",
-            ACK_CYCLE,
+            Consuming {
+                topic: "ack",
+                group: ACK_CYCLE,
+                store: s.store.clone(),
+            },
             ack_consumer,
             AckConsumer {
                 store: s.store.clone(),

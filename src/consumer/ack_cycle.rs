@@ -44,10 +44,6 @@ impl BatchHandler for AckConsumer {
         }
         self.acks.applied_up_to(applied.offset);
     }
-
-    fn durable_position(&self, consumer: &str) -> u64 {
-        self.store.durable_position(consumer)
-    }
 }
 
 /// The redelivery clock.

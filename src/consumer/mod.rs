@@ -11,6 +11,7 @@ pub mod message_listener;
 pub mod session_consumer;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -18,7 +19,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
 use crate::error::BackendResult;
-use crate::service::backend::{AppliedPosition, TopicConsumer};
+use crate::service::backend::{AppliedPosition, Store, TopicConsumer};
 
 /// Records taken from a topic per poll.
 pub const POLL_MAX: usize = 2048;
@@ -55,20 +56,28 @@ pub trait BatchHandler: Send {
     /// Handles records up to `applied.offset` and saves that position with
     /// what it wrote; must not give up (see `retry`).
     async fn handle(&mut self, batch: Vec<Self::Record>, applied: AppliedPosition);
-    /// The highest saved position that is on disk (see
-    /// `Store::durable_position`): the topic may forget records up to it.
-    fn durable_position(&self, consumer: &str) -> u64;
 }
 
-/// The consume loop of consumer group `group` on topic `topic` (a metric
-/// label).
+/// Where a consume loop runs: its topic (a metric label), its consumer
+/// group, and the store that saves the group's position.
+pub struct Consuming {
+    pub topic: &'static str,
+    pub group: &'static str,
+    pub store: Arc<dyn Store>,
+}
+
+/// The consume loop of `at.group` on `at.topic`.
 pub async fn run_topic<H: BatchHandler>(
-    topic: &'static str,
-    group: &'static str,
+    at: Consuming,
     mut consumer: Box<dyn TopicConsumer>,
     mut handler: H,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let Consuming {
+        topic,
+        group,
+        store,
+    } = at;
     let mut committed = 0;
     loop {
         // On shutdown, finish what was published before stopping.
@@ -108,7 +117,7 @@ pub async fn run_topic<H: BatchHandler>(
         };
         handler.handle(batch, applied).await;
         // Only what is on disk in the store may leave the topic.
-        let durable = handler.durable_position(group);
+        let durable = store.durable_position(group);
         if durable > committed {
             match consumer.commit(durable).await {
                 Ok(()) => committed = durable,

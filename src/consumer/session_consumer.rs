@@ -63,8 +63,4 @@ impl BatchHandler for SessionConsumer {
             tracing::warn!("message listener is gone");
         }
     }
-
-    fn durable_position(&self, consumer: &str) -> u64 {
-        self.store.durable_position(consumer)
-    }
 }

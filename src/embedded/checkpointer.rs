@@ -14,7 +14,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
 use rusqlite::Connection;
@@ -55,7 +55,6 @@ impl DurablePositions {
 pub fn start(
     path: &Path,
     db: &'static str,
-    restart_frames: i64,
     finish: Arc<AtomicBool>,
     durable: Option<Arc<DurablePositions>>,
 ) -> BackendResult<()> {
@@ -65,7 +64,7 @@ pub fn start(
     let wal = PathBuf::from(wal);
     std::thread::Builder::new()
         .name(format!("ckpt-{db}"))
-        .spawn(move || run(conn, db, restart_frames, &finish, durable, &wal))
+        .spawn(move || run(conn, db, &finish, durable, &wal))
         .map_err(|e| BackendError::Other(format!("cannot start checkpointer: {e}")))?;
     Ok(())
 }
@@ -73,15 +72,18 @@ pub fn start(
 fn run(
     conn: Connection,
     db: &'static str,
-    restart_frames: i64,
     finish: &AtomicBool,
     durable: Option<Arc<DurablePositions>>,
     wal: &Path,
 ) {
     let mut pause = EVERY;
+    let mut synced = Instant::now();
     loop {
         std::thread::sleep(pause);
-        if let Some(durable) = &durable {
+        // Every EVERY, not at each pass: while behind, passes come every
+        // BEHIND, and an fsync each time was I/O for nothing.
+        if let Some(durable) = durable.as_ref().filter(|_| synced.elapsed() >= EVERY) {
+            synced = Instant::now();
             match sync_positions(&conn, wal) {
                 Ok(positions) => durable.publish(positions),
                 Err(e) => tracing::warn!(error = %e, "cannot make applied positions durable"),
@@ -95,7 +97,7 @@ fn run(
                 pause = if copied < wal_frames { BEHIND } else { EVERY };
                 // A long WAL: the writer finishes the copy between two
                 // transactions, so that the WAL starts over.
-                if wal_frames > restart_frames {
+                if wal_frames > schema::WAL_RESTART_FRAMES {
                     finish.store(true, Ordering::Release);
                 }
                 metrics::gauge!("herald_store_wal_frames", "db" => db).set(wal_frames as f64);

@@ -90,6 +90,19 @@ const TOPIC_TABLES: [&str; 4] = [
     "topic_ack",
 ];
 
+/// Small pages for both files: the hot writes are small index entries
+/// scattered over many users (the topics' idempotency keys too), and a
+/// commit writes every page it dirtied in full; 4 KiB topic pages wrote
+/// about twice the WAL bytes (twice the checkpoints) for no gain in
+/// throughput. (Takes effect when a database is created.)
+const PAGE_SIZE: i64 = 1024;
+
+/// WAL frames (1 GB) after which the WAL is made to start over (see
+/// `writer::finish_checkpoint`). Each restart holds the writer for
+/// milliseconds, so rarely: find-max reached 3,052 msg/s with 64 MB,
+/// 5,960 with 1 GB (3,815 never restarting, the WAL growing without end).
+pub const WAL_RESTART_FRAMES: i64 = 1024 * 1024 * 1024 / PAGE_SIZE;
+
 /// Which of the two database files a connection serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -104,25 +117,6 @@ impl Role {
             Role::Documents => "documents",
             Role::Topics => "topics",
         }
-    }
-
-    /// Small pages: the hot writes are small index entries scattered over
-    /// many users (the topics' idempotency keys too), and a commit writes
-    /// every page it dirtied in full; 4 KiB topic pages wrote about twice
-    /// the WAL bytes (twice the checkpoints) for no gain in throughput.
-    fn page_size(self) -> i64 {
-        match self {
-            Role::Documents => 1024,
-            Role::Topics => 1024,
-        }
-    }
-
-    /// WAL frames (1 GB) after which the WAL is made to start over (see
-    /// `writer::finish_checkpoint`). Each restart holds the writer for
-    /// milliseconds, so rarely: find-max reached 3,052 msg/s with 64 MB,
-    /// 5,960 with 1 GB (3,815 never restarting, the WAL growing without end).
-    pub fn wal_restart_frames(self) -> i64 {
-        1024 * 1024 * 1024 / self.page_size()
     }
 
     fn schema(self) -> &'static str {
@@ -160,7 +154,7 @@ pub fn migrate_topics_out(documents: &Path, topics: &Path) -> BackendResult<()> 
         let _ = std::fs::remove_file(&staging);
         {
             let target = Connection::open(&staging)?;
-            target.pragma_update(None, "page_size", Role::Topics.page_size())?;
+            target.pragma_update(None, "page_size", PAGE_SIZE)?;
             target.execute_batch(TOPICS_SCHEMA)?;
         }
         conn.execute("ATTACH DATABASE ?1 AS target", [staging.to_string_lossy()])?;
@@ -210,8 +204,7 @@ pub fn topic_table_sql(table: &str) -> String {
 pub fn open_write(path: &Path, role: Role, durability_full: bool) -> BackendResult<Connection> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
-    // (Takes effect when the database is created.)
-    conn.pragma_update(None, "page_size", role.page_size())?;
+    conn.pragma_update(None, "page_size", PAGE_SIZE)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     // FULL fsyncs the WAL at every (group) commit: an acked message survives
     // power loss. NORMAL survives a crash of the process only. The

@@ -35,13 +35,26 @@ impl SqliteStore {
     }
 }
 
-fn save_position(c: &Connection, applied: AppliedPosition) -> BackendResult<()> {
-    c.prepare_cached(
-        "INSERT INTO applied_positions(consumer, position) VALUES (?1, ?2)
-         ON CONFLICT(consumer) DO UPDATE SET position = max(position, ?2)",
-    )?
-    .execute(params![applied.consumer, applied.offset as i64])?;
-    Ok(())
+impl SqliteStore {
+    /// Runs the consumer's writes `f` and saves its position `applied` in
+    /// the same job, so they commit (or fail) together.
+    async fn write_applied<R, F>(&self, applied: AppliedPosition, f: F) -> BackendResult<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> BackendResult<R> + Send + 'static,
+    {
+        self.writer
+            .write(move |c| {
+                let written = f(c)?;
+                c.prepare_cached(
+                    "INSERT INTO applied_positions(consumer, position) VALUES (?1, ?2)
+                     ON CONFLICT(consumer) DO UPDATE SET position = max(position, ?2)",
+                )?
+                .execute(params![applied.consumer, applied.offset as i64])?;
+                Ok(written)
+            })
+            .await
+    }
 }
 
 /// Entries kept per map of `SeqCache` before it starts over.
@@ -674,15 +687,12 @@ impl Store for SqliteStore {
         applied: AppliedPosition,
     ) -> BackendResult<Vec<StoredMessage>> {
         let (seqs, writer) = (self.seqs.clone(), self.writer.clone());
-        self.writer
-            .write(move |c| {
-                let mut seqs = seqs.lock();
-                seqs.validate(writer.rollbacks());
-                let stored = store_batch(c, &mut seqs, records)?;
-                save_position(c, applied)?;
-                Ok(stored)
-            })
-            .await
+        self.write_applied(applied, move |c| {
+            let mut seqs = seqs.lock();
+            seqs.validate(writer.rollbacks());
+            store_batch(c, &mut seqs, records)
+        })
+        .await
     }
 
     async fn apply_acks(
@@ -690,16 +700,10 @@ impl Store for SqliteStore {
         acks: Vec<AckRecord>,
         applied: AppliedPosition,
     ) -> BackendResult<Vec<AckOutcome>> {
-        self.writer
-            .write(move |c| {
-                let outcomes = acks
-                    .iter()
-                    .map(|a| apply_ack(c, a))
-                    .collect::<BackendResult<Vec<_>>>()?;
-                save_position(c, applied)?;
-                Ok(outcomes)
-            })
-            .await
+        self.write_applied(applied, move |c| {
+            acks.iter().map(|a| apply_ack(c, a)).collect()
+        })
+        .await
     }
 
     async fn applied_position(&self, consumer: &str) -> BackendResult<Option<u64>> {

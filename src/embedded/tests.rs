@@ -35,7 +35,7 @@ async fn drain(consumer: &mut dyn TopicConsumer, n: usize) -> Vec<u64> {
             .expect("records arrive")
             .unwrap();
         seen.extend(polled.into_iter().map(|r| {
-            let v = u64::from_le_bytes(r.payload.try_into().unwrap());
+            let v = u64::from_le_bytes(r.payload[..].try_into().unwrap());
             assert_eq!(r.offset, v + 1, "payload matches its offset");
             r.offset
         }));

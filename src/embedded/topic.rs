@@ -8,9 +8,9 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use parking_lot::Mutex;
-
 use async_trait::async_trait;
+use bytes::Bytes;
+use parking_lot::Mutex;
 use rusqlite::{params, OptionalExtension};
 use tokio::sync::watch;
 
@@ -24,43 +24,46 @@ pub struct SqliteTopic {
     table: String,
     writer: Writer,
     readers: Arc<ReadPool>,
-    head: Arc<Watermark>,
-    tail: Arc<Tail>,
+    committed: Arc<Committed>,
 }
 
 /// Committed records kept in memory for consumers, newest last.
 const TAIL_RECORDS: usize = 16 * 1024;
 
-/// The newest committed records of a topic, in offset order with no
-/// committed record missing between the first and the last.
-#[derive(Default)]
-struct Tail {
-    records: Mutex<VecDeque<TopicRecord>>,
+/// What has been committed to a topic: its head offset, which consumers
+/// wait on, and its newest records (in offset order, none missing between
+/// the first and the last), which they read without touching the log.
+struct Committed {
+    head: Watermark,
+    tail: Mutex<VecDeque<TopicRecord>>,
 }
 
-impl Tail {
+impl Committed {
     /// Called in commit order (on the writer thread, after the commit).
-    fn push(&self, offset: u64, payload: &[u8]) {
-        let mut records = self.records.lock();
-        if records.len() >= TAIL_RECORDS {
-            records.pop_front();
+    fn append(&self, offset: u64, payload: &Bytes) {
+        {
+            let mut tail = self.tail.lock();
+            if tail.len() >= TAIL_RECORDS {
+                tail.pop_front();
+            }
+            tail.push_back(TopicRecord {
+                offset,
+                payload: payload.clone(),
+            });
         }
-        records.push_back(TopicRecord {
-            offset,
-            payload: payload.to_vec(),
-        });
+        self.head.advance(offset);
     }
 
-    /// Up to `max` records after `position`, or `None` if some of them may
-    /// have left the tail already (the caller then reads the log).
+    /// Up to `max` records after `position` from memory; `None` if some
+    /// may have left the tail (or none are there): the caller reads the log.
     fn after(&self, position: u64, max: usize) -> Option<Vec<TopicRecord>> {
-        let records = self.records.lock();
-        let first = records.front()?.offset;
-        if first > position + 1 {
+        let tail = self.tail.lock();
+        if tail.front()?.offset > position + 1 {
             return None;
         }
-        let start = records.partition_point(|r| r.offset <= position);
-        Some(records.range(start..).take(max).cloned().collect())
+        let start = tail.partition_point(|r| r.offset <= position);
+        let records: Vec<_> = tail.range(start..).take(max).cloned().collect();
+        (!records.is_empty()).then_some(records)
     }
 }
 
@@ -89,14 +92,16 @@ impl SqliteTopic {
                 Ok(max.max(seq.unwrap_or(0)) as u64)
             })
             .await?;
-        let head = Watermark::new(head);
+        let committed = Arc::new(Committed {
+            head: Watermark::new(head),
+            tail: Mutex::default(),
+        });
         Ok(Arc::new(SqliteTopic {
             name: name.to_string(),
             table,
             writer: db.writer.clone(),
             readers: db.readers.clone(),
-            head: Arc::new(head),
-            tail: Arc::default(),
+            committed,
         }))
     }
 }
@@ -109,18 +114,16 @@ impl DurableTopic for SqliteTopic {
 
     async fn publish(&self, payload: Vec<u8>) -> BackendResult<Durable<u64>> {
         let sql = format!("INSERT INTO {}(payload) VALUES (?)", self.table);
-        let (head, tail) = (self.head.clone(), self.tail.clone());
+        let committed = self.committed.clone();
+        let payload = Bytes::from(payload);
         let rx = self
             .writer
             .enqueue(
                 move |c| {
-                    c.prepare_cached(&sql)?.execute([&payload])?;
+                    c.prepare_cached(&sql)?.execute([&payload[..]])?;
                     Ok((c.last_insert_rowid() as u64, payload))
                 },
-                move |(offset, payload)| {
-                    tail.push(*offset, payload);
-                    head.advance(*offset);
-                },
+                move |(offset, payload)| committed.append(*offset, payload),
             )
             .await?;
         Ok(Box::pin(async move {
@@ -136,7 +139,8 @@ impl DurableTopic for SqliteTopic {
         receipt: Vec<u8>,
     ) -> BackendResult<Durable<PublishOnce>> {
         let sql = format!("INSERT INTO {}(payload) VALUES (?)", self.table);
-        let (head, tail) = (self.head.clone(), self.tail.clone());
+        let committed = self.committed.clone();
+        let payload = Bytes::from(payload);
         let rx = self
             .writer
             .enqueue(
@@ -154,14 +158,13 @@ impl DurableTopic for SqliteTopic {
                             .query_row([&key], |r| r.get(0))?;
                         return Ok((PublishOnce::Duplicate(earlier), payload));
                     }
-                    c.prepare_cached(&sql)?.execute([&payload])?;
+                    c.prepare_cached(&sql)?.execute([&payload[..]])?;
                     let offset = c.last_insert_rowid() as u64;
                     Ok((PublishOnce::Published(offset), payload))
                 },
                 move |(outcome, payload)| {
                     if let PublishOnce::Published(offset) = outcome {
-                        tail.push(*offset, payload);
-                        head.advance(*offset);
+                        committed.append(*offset, payload);
                     }
                 },
             )
@@ -197,8 +200,8 @@ impl DurableTopic for SqliteTopic {
             group: group.to_string(),
             position: resume_after.unwrap_or(committed),
             last_pruned: committed,
-            head: self.head.subscribe(),
-            tail: self.tail.clone(),
+            head: self.committed.head.subscribe(),
+            committed: self.committed.clone(),
             writer: self.writer.clone(),
             readers: self.readers.clone(),
         }))
@@ -216,7 +219,7 @@ struct SqliteConsumer {
     position: u64,
     last_pruned: u64,
     head: watch::Receiver<u64>,
-    tail: Arc<Tail>,
+    committed: Arc<Committed>,
     writer: Writer,
     readers: Arc<ReadPool>,
 }
@@ -225,10 +228,8 @@ impl SqliteConsumer {
     /// Up to `max` committed records after `position`, from memory if the
     /// tail still holds them, else from the log.
     async fn read_after(&self, max: usize) -> BackendResult<Vec<TopicRecord>> {
-        if let Some(records) = self.tail.after(self.position, max) {
-            if !records.is_empty() {
-                return Ok(records);
-            }
+        if let Some(records) = self.committed.after(self.position, max) {
+            return Ok(records);
         }
         let sql = format!(
             "SELECT offset, payload FROM {} WHERE offset > ? ORDER BY offset LIMIT ?",
@@ -241,7 +242,7 @@ impl SqliteConsumer {
                 let rows = stmt.query_map([after, limit], |r| {
                     Ok(TopicRecord {
                         offset: r.get::<_, i64>(0)? as u64,
-                        payload: r.get(1)?,
+                        payload: Bytes::from(r.get::<_, Vec<u8>>(1)?),
                     })
                 })?;
                 Ok(rows.collect::<Result<Vec<_>, _>>()?)

@@ -155,11 +155,12 @@ pub trait DurableTopic: Send + Sync + 'static {
     ) -> BackendResult<Box<dyn TopicConsumer>>;
 }
 
-/// One record of a topic.
+/// One record of a topic. The payload is shared, not copied, between the
+/// publisher, an in-memory tail and every consumer.
 #[derive(Debug, Clone)]
 pub struct TopicRecord {
     pub offset: u64,
-    pub payload: Vec<u8>,
+    pub payload: bytes::Bytes,
 }
 
 #[async_trait]
