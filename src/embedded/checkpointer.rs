@@ -54,17 +54,19 @@ impl DurablePositions {
 /// `durable`, it also tracks the durable applied positions.
 pub fn start(
     path: &Path,
-    db: &'static str,
+    role: schema::Role,
     finish: Arc<AtomicBool>,
     durable: Option<Arc<DurablePositions>>,
 ) -> BackendResult<()> {
+    let db = role.label();
+    let restart_frames = role.wal_restart_frames();
     let conn = schema::open_checkpointer(path)?;
     let mut wal = PathBuf::from(path).into_os_string();
     wal.push("-wal");
     let wal = PathBuf::from(wal);
     std::thread::Builder::new()
         .name(format!("ckpt-{db}"))
-        .spawn(move || run(conn, db, &finish, durable, &wal))
+        .spawn(move || run(conn, db, restart_frames, &finish, durable, &wal))
         .map_err(|e| BackendError::Other(format!("cannot start checkpointer: {e}")))?;
     Ok(())
 }
@@ -72,6 +74,7 @@ pub fn start(
 fn run(
     conn: Connection,
     db: &'static str,
+    restart_frames: i64,
     finish: &AtomicBool,
     durable: Option<Arc<DurablePositions>>,
     wal: &Path,
@@ -97,7 +100,7 @@ fn run(
                 pause = if copied < wal_frames { BEHIND } else { EVERY };
                 // A long WAL: the writer finishes the copy between two
                 // transactions, so that the WAL starts over.
-                if wal_frames > schema::WAL_RESTART_FRAMES {
+                if wal_frames > restart_frames {
                     finish.store(true, Ordering::Release);
                 }
                 metrics::gauge!("herald_store_wal_frames", "db" => db).set(wal_frames as f64);

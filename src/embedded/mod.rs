@@ -48,7 +48,7 @@ impl Database {
         let writer = Writer::start(conn, role.label(), batch_max, finish_checkpoint.clone())?;
         let durable = Arc::new(DurablePositions::default());
         let tracked = (role == schema::Role::Documents).then(|| durable.clone());
-        checkpointer::start(path, role.label(), finish_checkpoint, tracked)?;
+        checkpointer::start(path, role, finish_checkpoint, tracked)?;
         let readers = Arc::new(ReadPool::new(path.to_path_buf()));
         Ok(Database {
             writer,
