@@ -49,7 +49,7 @@ impl Database {
         let durable = Arc::new(DurablePositions::default());
         let tracked = (role == schema::Role::Documents).then(|| durable.clone());
         checkpointer::start(path, role, finish_checkpoint, tracked)?;
-        let readers = Arc::new(ReadPool::new(path.to_path_buf()));
+        let readers = Arc::new(ReadPool::new(path.to_path_buf(), writer.clone()));
         Ok(Database {
             writer,
             readers,

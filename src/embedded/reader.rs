@@ -1,12 +1,13 @@
 //! A small pool of read-only connections; queries run on the blocking pool
-//! so SQLite never stalls the async workers.
+//! so SQLite never stalls the async workers. Reads see every write released
+//! before them, committed or not (see `Writer::settle`).
 
 use std::path::PathBuf;
 
 use parking_lot::Mutex;
 use rusqlite::Connection;
 
-use super::schema;
+use super::{schema, Writer};
 use crate::error::{BackendError, BackendResult};
 
 /// Idle connections kept; more are opened under load and dropped after.
@@ -14,13 +15,16 @@ const MAX_IDLE: usize = 8;
 
 pub struct ReadPool {
     path: PathBuf,
+    /// The database's writer, whose released writes a read must see.
+    writer: Writer,
     idle: Mutex<Vec<Connection>>,
 }
 
 impl ReadPool {
-    pub fn new(path: PathBuf) -> ReadPool {
+    pub fn new(path: PathBuf, writer: Writer) -> ReadPool {
         ReadPool {
             path,
+            writer,
             idle: Mutex::new(Vec::new()),
         }
     }
@@ -31,14 +35,16 @@ impl ReadPool {
         R: Send + 'static,
         F: FnOnce(&Connection) -> BackendResult<R> + Send + 'static,
     {
+        self.writer.settle().await?;
         let pool = self.clone();
         tokio::task::spawn_blocking(move || pool.read_blocking(f))
             .await
             .map_err(|e| BackendError::Other(format!("read task failed: {e}")))?
     }
 
-    /// Runs `f` with a read connection on the current thread.
-    pub fn read_blocking<R>(
+    /// Runs `f` with a read connection on the current thread (without
+    /// `read`'s wait for released writes).
+    fn read_blocking<R>(
         &self,
         f: impl FnOnce(&Connection) -> BackendResult<R>,
     ) -> BackendResult<R> {

@@ -37,14 +37,15 @@ impl SqliteStore {
 
 impl SqliteStore {
     /// Runs the consumer's writes `f` and saves its position `applied` in
-    /// the same job, so they commit (or fail) together.
+    /// the same job, so they commit (or fail) together. Answers before the
+    /// commit (`Writer::apply`): the topic already holds them durably.
     async fn write_applied<R, F>(&self, applied: AppliedPosition, f: F) -> BackendResult<R>
     where
         R: Send + 'static,
         F: FnOnce(&Connection) -> BackendResult<R> + Send + 'static,
     {
         self.writer
-            .write(move |c| {
+            .apply(move |c| {
                 let written = f(c)?;
                 c.prepare_cached(
                     "INSERT INTO applied_positions(consumer, position) VALUES (?1, ?2)

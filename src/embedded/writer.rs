@@ -1,22 +1,42 @@
 //! The single writer: a dedicated thread that owns the write connection and
 //! commits every queued job of a burst in one transaction (group commit).
 //! Each job runs inside a savepoint, so one failing job does not undo the
-//! others; every job's result is released only after the commit succeeds.
+//! others. A job's result is released after the commit succeeds, except for
+//! replayable jobs (see `Writer::apply`), released as soon as they ran.
 
 use rusqlite::Connection;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{BackendError, BackendResult};
 
 /// Called after the batch's commit with its outcome (Err = the commit failed).
 type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
-/// Runs inside the transaction; says whether it succeeded and what to do
-/// once the commit is known.
-type Job = Box<dyn FnOnce(&Connection) -> (bool, Completion) + Send>;
+
+/// What a job left once it ran inside the transaction.
+enum Ran {
+    /// Whether it succeeded, and what to do once the commit is known.
+    AwaitsCommit(bool, Completion),
+    /// Its result is released as soon as the savepoint ends (`read_now`,
+    /// `apply`); `wrote` says whether it leaves writes to commit.
+    ReleaseNow {
+        ok: bool,
+        wrote: bool,
+        release: Completion,
+    },
+}
+
+type Job = Box<dyn FnOnce(&Connection) -> Ran + Send>;
+
+/// How long a transaction holding only replayable writes stays open for
+/// more: every page a commit dirtied is written to the WAL in full, and the
+/// hot pages (each user's last inbox leaves) are dirtied again and again,
+/// so a longer transaction writes each of them once instead of per message.
+const LINGER: Duration = Duration::from_millis(50);
 
 /// Queued jobs waiting for the writer; the bound is the backpressure.
 const QUEUE_DEPTH: usize = 16 * 1024;
@@ -26,6 +46,8 @@ const QUEUE_DEPTH: usize = 16 * 1024;
 pub struct Writer {
     jobs: mpsc::Sender<Job>,
     rollbacks: Arc<AtomicU64>,
+    /// Set while the open transaction holds released, uncommitted writes.
+    uncommitted: Arc<AtomicBool>,
 }
 
 impl Writer {
@@ -40,12 +62,23 @@ impl Writer {
     ) -> BackendResult<Writer> {
         let (jobs, rx) = mpsc::channel::<Job>(QUEUE_DEPTH);
         let rollbacks = Arc::new(AtomicU64::new(0));
-        let counted = rollbacks.clone();
+        let uncommitted = Arc::new(AtomicBool::new(false));
+        let state = WriterState {
+            db,
+            batch_max: batch_max.max(1),
+            rollbacks: rollbacks.clone(),
+            uncommitted: uncommitted.clone(),
+            finish_checkpoint,
+        };
         std::thread::Builder::new()
             .name(format!("writer-{db}"))
-            .spawn(move || run(conn, rx, db, batch_max.max(1), &counted, &finish_checkpoint))
+            .spawn(move || run(conn, rx, &state))
             .map_err(|e| BackendError::Other(format!("cannot start writer: {e}")))?;
-        Ok(Writer { jobs, rollbacks })
+        Ok(Writer {
+            jobs,
+            rollbacks,
+            uncommitted,
+        })
     }
 
     /// How many jobs (or whole batches) were rolled back so far. Jobs that
@@ -84,7 +117,7 @@ impl Writer {
                 };
                 let _ = tx.send(outcome);
             });
-            (ok, completion)
+            Ran::AwaitsCommit(ok, completion)
         });
         self.jobs
             .send(job)
@@ -105,14 +138,58 @@ impl Writer {
     {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |conn| {
-            let _ = tx.send(f(conn));
-            (true, Box::new(|_| {}))
+            let result = f(conn);
+            Ran::ReleaseNow {
+                ok: true,
+                wrote: false,
+                release: Box::new(move |_| {
+                    let _ = tx.send(result);
+                }),
+            }
         });
         self.jobs
             .send(job)
             .await
             .map_err(|_| BackendError::Closed)?;
         rx.await.map_err(|_| BackendError::Closed)?
+    }
+
+    /// Runs the writes `f` and answers as soon as they ran, before they
+    /// commit; the transaction may stay open for more (`LINGER`). Only for
+    /// writes that can be replayed from a durable source (topic consumers,
+    /// which save their applied position with them): if the commit fails,
+    /// the process exits so that the restart replays them.
+    pub async fn apply<R, F>(&self, f: F) -> BackendResult<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> BackendResult<R> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let result = f(conn);
+            let ok = result.is_ok();
+            Ran::ReleaseNow {
+                ok,
+                wrote: ok,
+                release: Box::new(move |ended| {
+                    let _ = tx.send(ended.map_err(BackendError::Other).and(result));
+                }),
+            }
+        });
+        self.jobs
+            .send(job)
+            .await
+            .map_err(|_| BackendError::Closed)?;
+        rx.await.map_err(|_| BackendError::Closed)?
+    }
+
+    /// Commits what `apply` released so far, if anything, so that readers
+    /// on other connections see it.
+    pub async fn settle(&self) -> BackendResult<()> {
+        if self.uncommitted.load(Ordering::Acquire) {
+            self.flush().await?;
+        }
+        Ok(())
     }
 
     /// Runs `f` in the next group commit and waits for the commit.
@@ -131,36 +208,64 @@ impl Writer {
     }
 }
 
-/// Jobs run as they arrive inside one open transaction, which commits as
-/// soon as the queue is empty (or `batch_max` jobs ran): under load the
-/// queue refills during each commit, so batches grow by themselves; an
-/// idle server commits at once. (A fixed linger was measured: it made
-/// batches larger but not cheaper per job, and latency worse.)
-fn run(
-    conn: Connection,
-    mut rx: mpsc::Receiver<Job>,
+/// The writer thread's settings and shared flags.
+struct WriterState {
     db: &'static str,
     batch_max: usize,
-    rollbacks: &AtomicU64,
-    checkpoint_wanted: &AtomicBool,
-) {
+    rollbacks: Arc<AtomicU64>,
+    uncommitted: Arc<AtomicBool>,
+    finish_checkpoint: Arc<AtomicBool>,
+}
+
+/// Jobs run as they arrive inside one open transaction, which commits as
+/// soon as the queue is empty (or `batch_max` jobs ran) and someone waits
+/// for the commit: under load the queue refills during each commit, so
+/// batches grow by themselves; an idle server commits at once. Only a
+/// transaction holding nothing but released replayable writes lingers.
+fn run(conn: Connection, mut rx: mpsc::Receiver<Job>, state: &WriterState) {
+    let timer = match tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+    {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            tracing::warn!(error = %e, "no timer for the writer; transactions will not linger");
+            None
+        }
+    };
     while let Some(first) = rx.blocking_recv() {
         let started = Instant::now();
-        let mut batch = Batch::begin(&conn, rollbacks);
+        let mut batch = Batch::begin(&conn, state);
         batch.run(first);
-        while batch.len() < batch_max {
-            match rx.try_recv() {
-                Ok(job) => batch.run(job),
-                Err(_) => break,
-            }
+        while batch.jobs < state.batch_max {
+            let job = match rx.try_recv() {
+                Ok(job) => job,
+                Err(TryRecvError::Disconnected) => break,
+                Err(TryRecvError::Empty) => {
+                    let left = LINGER.saturating_sub(started.elapsed());
+                    match timer
+                        .as_ref()
+                        .filter(|_| batch.may_linger() && !left.is_zero())
+                    {
+                        Some(rt) => match rt
+                            .block_on(async { tokio::time::timeout(left, rx.recv()).await })
+                        {
+                            Ok(Some(job)) => job,
+                            _ => break,
+                        },
+                        None => break,
+                    }
+                }
+            };
+            batch.run(job);
         }
-        let size = batch.len();
+        let size = batch.jobs;
         batch.commit();
-        metrics::histogram!("herald_store_commit_seconds", "db" => db)
+        metrics::histogram!("herald_store_commit_seconds", "db" => state.db)
             .record(started.elapsed().as_secs_f64());
-        metrics::histogram!("herald_store_commit_batch_size", "db" => db).record(size as f64);
-        if checkpoint_wanted.swap(false, Ordering::AcqRel) {
-            finish_checkpoint(&conn, db);
+        metrics::histogram!("herald_store_commit_batch_size", "db" => state.db).record(size as f64);
+        if state.finish_checkpoint.swap(false, Ordering::AcqRel) {
+            finish_checkpoint(&conn, state.db);
         }
     }
     tracing::debug!("writer stopped: every handle dropped");
@@ -186,14 +291,19 @@ fn finish_checkpoint(conn: &Connection, db: &'static str) {
 /// failing job rolls back only itself; results are released at commit.
 struct Batch<'c> {
     conn: &'c Connection,
-    rollbacks: &'c AtomicU64,
+    state: &'c WriterState,
     /// False if BEGIN failed: each job's savepoint then commits on its own.
     in_transaction: bool,
+    /// Jobs run so far.
+    jobs: usize,
+    /// Jobs waiting for the commit.
     completions: Vec<Completion>,
+    /// Whether released writes (`Writer::apply`) await the commit.
+    released_writes: bool,
 }
 
 impl<'c> Batch<'c> {
-    fn begin(conn: &'c Connection, rollbacks: &'c AtomicU64) -> Batch<'c> {
+    fn begin(conn: &'c Connection, state: &'c WriterState) -> Batch<'c> {
         let in_transaction = match exec_cached(conn, "BEGIN IMMEDIATE") {
             Ok(()) => true,
             Err(e) => {
@@ -203,50 +313,65 @@ impl<'c> Batch<'c> {
         };
         Batch {
             conn,
-            rollbacks,
+            state,
             in_transaction,
+            jobs: 0,
             completions: Vec::new(),
+            released_writes: false,
         }
     }
 
-    fn len(&self) -> usize {
-        self.completions.len()
+    /// It holds released writes and nobody waits for it: it may stay open
+    /// for more.
+    fn may_linger(&self) -> bool {
+        self.in_transaction && self.released_writes && self.completions.is_empty()
     }
 
     fn run(&mut self, job: Job) {
+        self.jobs += 1;
         let conn = self.conn;
-        let done = match exec_cached(conn, "SAVEPOINT job") {
-            Ok(()) => {
-                let (ok, done) = job(conn);
-                let end = if ok {
-                    exec_cached(conn, "RELEASE job")
-                } else {
-                    self.rollbacks.fetch_add(1, Ordering::AcqRel);
-                    exec_cached(conn, "ROLLBACK TO job")
-                        .and_then(|_| exec_cached(conn, "RELEASE job"))
-                };
-                if let Err(e) = end {
-                    tracing::error!(error = %e, "savepoint end failed");
-                }
-                done
+        if let Err(e) = exec_cached(conn, "SAVEPOINT job") {
+            // Whatever the job does now cannot be undone alone: caches of
+            // written state must be rebuilt from the database.
+            self.state.rollbacks.fetch_add(1, Ordering::AcqRel);
+            let msg = format!("cannot open a savepoint: {e}");
+            match job(conn) {
+                Ran::AwaitsCommit(_, done) => done(Err(msg)),
+                Ran::ReleaseNow { release, .. } => release(Err(msg)),
             }
-            Err(e) => {
-                // Whatever the job does now cannot be undone alone: caches
-                // of written state must be rebuilt from the database.
-                self.rollbacks.fetch_add(1, Ordering::AcqRel);
-                let (_, done) = job(conn);
-                let msg = format!("cannot open a savepoint: {e}");
-                done(Err(msg));
-                return;
-            }
+            return;
+        }
+        let ran = job(conn);
+        let ok = match &ran {
+            Ran::AwaitsCommit(ok, _) | Ran::ReleaseNow { ok, .. } => *ok,
         };
-        self.completions.push(done);
+        let end = if ok {
+            exec_cached(conn, "RELEASE job")
+        } else {
+            self.state.rollbacks.fetch_add(1, Ordering::AcqRel);
+            exec_cached(conn, "ROLLBACK TO job").and_then(|_| exec_cached(conn, "RELEASE job"))
+        };
+        if let Err(e) = &end {
+            tracing::error!(error = %e, "savepoint end failed");
+        }
+        match ran {
+            Ran::AwaitsCommit(_, done) => self.completions.push(done),
+            Ran::ReleaseNow { wrote, release, .. } => {
+                if ok && wrote {
+                    // Before the release: whoever learns of these writes
+                    // must find them flagged (`Writer::settle`).
+                    self.released_writes = true;
+                    self.state.uncommitted.store(true, Ordering::Release);
+                }
+                release(end.map_err(|e| format!("savepoint end failed: {e}")));
+            }
+        }
     }
 
     fn commit(self) {
         let committed = if self.in_transaction {
             exec_cached(self.conn, "COMMIT").map_err(|e| {
-                self.rollbacks.fetch_add(1, Ordering::AcqRel);
+                self.state.rollbacks.fetch_add(1, Ordering::AcqRel);
                 let _ = exec_cached(self.conn, "ROLLBACK");
                 tracing::error!(error = %e, "group commit failed");
                 format!("commit failed: {e}")
@@ -254,10 +379,28 @@ impl<'c> Batch<'c> {
         } else {
             Ok(())
         };
+        if committed.is_err() && self.released_writes {
+            lost_released_writes(self.state.db);
+        }
+        self.state.uncommitted.store(false, Ordering::Release);
         for done in self.completions {
             done(committed.clone());
         }
     }
+}
+
+/// A commit failed after `Writer::apply` had released its writes: consumers
+/// already acted on them (pushed the messages). They are replayable, so the
+/// process stops and its restart replays them from the topics, rather than
+/// serve on with documents missing what was announced (the same reasoning
+/// as PostgreSQL's panic on a failed fsync).
+fn lost_released_writes(db: &str) -> ! {
+    tracing::error!(
+        db,
+        "a commit of applied topic records failed; exiting so that a restart replays them"
+    );
+    eprintln!("herald: a commit of applied topic records to {db} failed; exiting so that a restart replays them");
+    std::process::exit(74)
 }
 
 /// Runs a parameterless statement through the statement cache (savepoints
@@ -378,14 +521,82 @@ mod tests {
         assert!(grown > before, "without a checkpoint the WAL grows");
         finish.store(true, Ordering::Release);
         insert(&w).await; // the writer checkpoints after this commit...
+        let finished = wal_bytes();
         for _ in 0..50 {
             insert(&w).await; // ...and these reuse the WAL from its start
         }
         assert_eq!(
             wal_bytes(),
-            grown,
+            finished,
             "the WAL started over instead of growing"
         );
         assert!(!finish.load(Ordering::Acquire));
+    }
+
+    fn count(path: &std::path::Path) -> i64 {
+        Connection::open(path)
+            .unwrap()
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn applied_writes_are_answered_before_their_commit_and_read_after_it() {
+        let (_dir, w, path) = writer();
+        let pool = Arc::new(super::super::ReadPool::new(path.clone(), w.clone()));
+        let started = Instant::now();
+        for v in 1..=3 {
+            w.apply(move |c| Ok(c.execute("INSERT INTO t(v) VALUES(?)", [v])?))
+                .await
+                .unwrap();
+        }
+        assert!(
+            started.elapsed() < LINGER,
+            "answered without waiting for the lingering commit"
+        );
+        // A pooled read commits what was released before it, then sees it.
+        let seen: i64 = pool
+            .read(|c| Ok(c.query_row("SELECT count(*) FROM t", [], |r| r.get(0))?))
+            .await
+            .unwrap();
+        assert_eq!(seen, 3);
+        assert_eq!(count(&path), 3, "committed, not only visible to the writer");
+        w.apply(|c| Ok(c.execute("INSERT INTO t(v) VALUES(4)", [])?))
+            .await
+            .unwrap();
+        w.settle().await.unwrap();
+        assert_eq!(count(&path), 4, "settle commits released writes");
+    }
+
+    #[tokio::test]
+    async fn a_failing_applied_write_is_rolled_back_alone() {
+        let (_dir, w, path) = writer();
+        let insert = |v: i64| {
+            let w = w.clone();
+            async move {
+                w.apply(move |c| Ok(c.execute("INSERT INTO t(v) VALUES(?)", [v])?))
+                    .await
+            }
+        };
+        assert!(insert(1).await.is_ok());
+        assert!(insert(1).await.is_err(), "the unique constraint fails it");
+        assert!(insert(2).await.is_ok());
+        assert_eq!(w.rollbacks(), 1);
+        w.flush().await.unwrap();
+        assert_eq!(count(&path), 2);
+    }
+
+    #[tokio::test]
+    async fn a_lingering_transaction_commits_by_itself() {
+        let (_dir, w, path) = writer();
+        w.apply(|c| Ok(c.execute("INSERT INTO t(v) VALUES(1)", [])?))
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while count(&path) == 0 {
+            assert!(Instant::now() < deadline, "never committed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!w.uncommitted.load(Ordering::Acquire));
     }
 }
