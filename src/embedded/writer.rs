@@ -139,22 +139,7 @@ impl Writer {
         R: Send + 'static,
         F: FnOnce(&Connection) -> BackendResult<R> + Send + 'static,
     {
-        let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(move |conn| {
-            let result = f(conn);
-            Ran::ReleaseNow {
-                ok: true,
-                wrote: false,
-                release: Box::new(move |_| {
-                    let _ = tx.send(result);
-                }),
-            }
-        });
-        self.jobs
-            .send(job)
-            .await
-            .map_err(|_| BackendError::Closed)?;
-        rx.await.map_err(|_| BackendError::Closed)?
+        self.answer_when_ran(f, false).await
     }
 
     /// Runs the writes `f` and answers as soon as they ran, before they
@@ -167,13 +152,23 @@ impl Writer {
         R: Send + 'static,
         F: FnOnce(&Connection) -> BackendResult<R> + Send + 'static,
     {
+        self.answer_when_ran(f, true).await
+    }
+
+    /// Runs `f` and answers once its savepoint ended; `writes` says whether
+    /// it leaves writes to commit (and a failure to roll back).
+    async fn answer_when_ran<R, F>(&self, f: F, writes: bool) -> BackendResult<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> BackendResult<R> + Send + 'static,
+    {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |conn| {
             let result = f(conn);
-            let ok = result.is_ok();
+            let ok = !writes || result.is_ok();
             Ran::ReleaseNow {
                 ok,
-                wrote: ok,
+                wrote: writes && ok,
                 release: Box::new(move |ended| {
                     let _ = tx.send(ended.map_err(BackendError::Other).and(result));
                 }),
