@@ -33,3 +33,17 @@ pub fn tune_allocator() {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
     }
 }
+
+/// Runs the calling thread only when a CPU would otherwise idle
+/// (`SCHED_IDLE`): for background copying that must not delay the threads
+/// a send waits on, however many cores there are.
+pub fn run_when_idle() {
+    #[cfg(target_os = "linux")]
+    {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: pid 0 is the calling thread; the call only reads `param`.
+        if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
+            tracing::warn!("cannot lower a background thread's priority");
+        }
+    }
+}
