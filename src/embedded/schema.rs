@@ -122,7 +122,9 @@ impl Role {
     /// - Topics: 32 MB. Their checkpointer keeps up (appends, few pages),
     ///   so a restart is cheap; and a WAL that stops growing makes each
     ///   commit's fdatasync one write, without the inode's new size. At
-    ///   2,500 msg/s topic commits took 30 % less time with 8 MB than 1 GB.
+    ///   2,500 msg/s topic commits took 30 % less time with 8 MB than 1 GB,
+    ///   but 8 MB restarted every 0.7 s (4.5 ms each, seen at p99.9); 32 MB
+    ///   restarts four times less often.
     pub fn wal_restart_frames(self) -> i64 {
         let bytes: i64 = match self {
             Role::Documents => 1024 * 1024 * 1024,

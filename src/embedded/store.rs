@@ -33,9 +33,7 @@ impl SqliteStore {
             seqs: Arc::default(),
         }
     }
-}
 
-impl SqliteStore {
     /// Runs the consumer's writes `f` and saves its position `applied` in
     /// the same job, so they commit (or fail) together. Answers before the
     /// commit (`Writer::apply`): the topic already holds them durably.
