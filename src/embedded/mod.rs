@@ -8,6 +8,7 @@
 //! writer.
 
 mod checkpointer;
+pub mod page_cache;
 mod reader;
 mod schema;
 mod store;
@@ -74,6 +75,7 @@ impl Embedded {
         durability_full: bool,
         batch_max: usize,
     ) -> BackendResult<Embedded> {
+        page_cache::install();
         std::fs::create_dir_all(data_dir).map_err(|e| {
             BackendError::Other(format!("cannot create {}: {e}", data_dir.display()))
         })?;

@@ -235,9 +235,10 @@ pub fn open_write(path: &Path, role: Role, durability_full: bool) -> BackendResu
     // inside one of the writer's commits, where they stalled every send
     // queued behind them.
     conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-    // 16 MB: enough for the hot pages of every inbox; a bigger cache made
-    // each commit slower (SQLite scans the page cache's hash table when a
-    // transaction ends), a smaller one turned cache hits into reads.
+    // 16 MB: enough for the hot pages of every inbox; a smaller one turned
+    // cache hits into reads. (A bigger one made each commit slower while
+    // SQLite scanned the whole cache when a transaction ended; see
+    // `page_cache`, which removed that scan.)
     conn.pragma_update(None, "cache_size", -16_000)?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.set_prepared_statement_cache_capacity(128);
