@@ -176,6 +176,7 @@ async fn start_consumers(
             session_consumer,
             SessionConsumer {
                 store: s.store.clone(),
+                directory: s.directory.clone(),
                 watermark: s.stored.clone(),
                 events: events_tx,
             },

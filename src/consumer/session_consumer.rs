@@ -11,8 +11,9 @@ use tokio::sync::mpsc;
 
 use super::{retry, BatchHandler};
 use crate::model::ids::now_ms;
-use crate::model::{SendRecord, StoredMessage};
+use crate::model::{SendRecord, SessionType, StoredMessage};
 use crate::service::backend::{AppliedPosition, Store};
+use crate::service::directory::Directory;
 use crate::service::Watermark;
 
 /// A message just stored, with the connection that sent it.
@@ -25,6 +26,8 @@ pub struct MessageSent {
 
 pub struct SessionConsumer {
     pub store: Arc<dyn Store>,
+    /// Told which new pairs' sessions are stored now.
+    pub directory: Arc<Directory>,
     pub watermark: Arc<Watermark>,
     pub events: mpsc::Sender<Vec<MessageSent>>,
 }
@@ -43,6 +46,13 @@ impl BatchHandler for SessionConsumer {
             store.store_messages(batch.clone(), applied)
         })
         .await;
+        for s in &stored {
+            let doc = &s.doc;
+            if let (SessionType::Single, Some(to)) = (doc.session_type, doc.to_user_id) {
+                self.directory
+                    .single_session_stored(doc.sender_id, to, doc.session_id);
+            }
+        }
         self.watermark.advance(applied.offset);
         let stored_at = Instant::now();
         let now = now_ms();

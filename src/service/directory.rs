@@ -20,11 +20,45 @@ pub struct Directory {
     store: Arc<dyn Store>,
     auth: Arc<AuthService>,
     ids: Arc<IdGenerator>,
+    /// Entries kept per cache before it starts over.
+    cache_max: usize,
     known_users: RwLock<HashSet<u64>>,
-    single_sessions: RwLock<HashMap<(u64, u64), u64>>,
+    single_sessions: RwLock<SingleSessions>,
     sessions: RwLock<HashMap<u64, Arc<SessionInfo>>>,
     /// group id -> its session id
     group_sessions: RwLock<HashMap<u64, u64>>,
+}
+
+/// Entries a cache holds before it starts over (each costs tens of bytes;
+/// without a bound, memory grew with every pair that ever talked).
+const CACHE_MAX: usize = 1 << 20;
+
+/// The single session of each pair (users ordered low, high).
+#[derive(Default)]
+struct SingleSessions {
+    /// Pairs whose session the store holds: a cache, trimmed when full.
+    stored: HashMap<(u64, u64), u64>,
+    /// Pairs given an id here whose first message is not stored yet: the
+    /// only record of that id, kept until the message is stored.
+    fresh: HashMap<(u64, u64), u64>,
+}
+
+impl SingleSessions {
+    fn get(&self, key: &(u64, u64)) -> Option<u64> {
+        self.stored
+            .get(key)
+            .or_else(|| self.fresh.get(key))
+            .copied()
+    }
+}
+
+/// Inserts into a cache that starts over when full: a miss only costs a
+/// lookup in the store, and nothing here is needed for correctness.
+fn insert_bounded<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>, max: usize, k: K, v: V) {
+    if map.len() >= max {
+        map.clear();
+    }
+    map.insert(k, v);
 }
 
 pub fn user_vo(u: &User) -> UserVo {
@@ -52,12 +86,22 @@ fn validate(req: &impl Validate) -> AppResult<()> {
 
 impl Directory {
     pub fn new(store: Arc<dyn Store>, auth: Arc<AuthService>, ids: Arc<IdGenerator>) -> Directory {
+        Directory::with_cache_max(store, auth, ids, CACHE_MAX)
+    }
+
+    fn with_cache_max(
+        store: Arc<dyn Store>,
+        auth: Arc<AuthService>,
+        ids: Arc<IdGenerator>,
+        cache_max: usize,
+    ) -> Directory {
         Directory {
             store,
             auth,
             ids,
+            cache_max: cache_max.max(1),
             known_users: RwLock::new(HashSet::new()),
-            single_sessions: RwLock::new(HashMap::new()),
+            single_sessions: RwLock::default(),
             sessions: RwLock::new(HashMap::new()),
             group_sessions: RwLock::new(HashMap::new()),
         }
@@ -79,7 +123,7 @@ impl Directory {
                 user.username
             )));
         }
-        self.known_users.write().insert(user.user_id);
+        self.remember_users(&[user.user_id]);
         Ok(user_vo(&user))
     }
 
@@ -123,30 +167,61 @@ impl Directory {
             return Ok(());
         }
         let found = self.store.existing_users(&unknown).await?;
-        self.known_users.write().extend(found.iter().copied());
+        self.remember_users(&found);
         match unknown.iter().find(|id| !found.contains(id)) {
             Some(missing) => Err(AppError::not_found(format!("user {missing} not found"))),
             None => Ok(()),
         }
     }
 
+    fn remember_users(&self, ids: &[u64]) {
+        let mut known = self.known_users.write();
+        if known.len() + ids.len() > self.cache_max {
+            known.clear();
+        }
+        known.extend(ids.iter().copied());
+    }
+
     /// The single session of two users. A new pair gets its id here, held
-    /// only in this cache until the first message stored in it creates the
-    /// session (`Store::store_messages`): a first message costs no write
-    /// and no wait for a commit. (This cache is never trimmed: it is the
-    /// authority for pairs whose first message is still on its way.)
+    /// only in memory until the first message stored in it creates the
+    /// session (`Store::store_messages`, then `single_session_stored`): a
+    /// first message costs no write and no wait for a commit.
     pub async fn single_session(&self, a: u64, b: u64) -> AppResult<u64> {
         let key = (a.min(b), a.max(b));
         if let Some(id) = self.single_sessions.read().get(&key) {
-            return Ok(*id);
+            return Ok(id);
         }
         let stored = self.store.find_single_session(a, b).await?;
         // Under the lock: concurrent first sends of a pair agree on one id.
-        let mut cache = self.single_sessions.write();
-        let id = *cache
-            .entry(key)
-            .or_insert_with(|| stored.unwrap_or_else(|| self.ids.next_id()));
-        Ok(id)
+        let mut sessions = self.single_sessions.write();
+        if let Some(id) = sessions.get(&key) {
+            return Ok(id);
+        }
+        Ok(match stored {
+            Some(id) => {
+                insert_bounded(&mut sessions.stored, self.cache_max, key, id);
+                id
+            }
+            None => {
+                let id = self.ids.next_id();
+                sessions.fresh.insert(key, id);
+                id
+            }
+        })
+    }
+
+    /// Called once the store holds a message of the single session
+    /// `session_id` of `a` and `b`: from now on the store is its record.
+    /// (A fresh id whose first send never reached the topic stays; only a
+    /// failing backend leaves such sends.)
+    pub fn single_session_stored(&self, a: u64, b: u64, session_id: u64) {
+        let key = (a.min(b), a.max(b));
+        if self.single_sessions.read().stored.get(&key) == Some(&session_id) {
+            return;
+        }
+        let mut sessions = self.single_sessions.write();
+        sessions.fresh.remove(&key);
+        insert_bounded(&mut sessions.stored, self.cache_max, key, session_id);
     }
 
     /// Who belongs to a session (`not_found` if it does not exist).
@@ -160,7 +235,12 @@ impl Directory {
             .await?
             .ok_or_else(|| AppError::not_found(format!("session {session_id} not found")))?;
         let info = Arc::new(info);
-        self.sessions.write().insert(session_id, info.clone());
+        insert_bounded(
+            &mut self.sessions.write(),
+            self.cache_max,
+            session_id,
+            info.clone(),
+        );
         Ok(info)
     }
 
@@ -191,7 +271,12 @@ impl Directory {
             Some(s) => s,
             None => {
                 let g = self.load_group(group_id).await?;
-                self.group_sessions.write().insert(group_id, g.session_id);
+                insert_bounded(
+                    &mut self.group_sessions.write(),
+                    self.cache_max,
+                    group_id,
+                    g.session_id,
+                );
                 g.session_id
             }
         };
@@ -300,5 +385,67 @@ impl Directory {
         }
         self.forget_group(&g);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::embedded::{Embedded, SqliteStore};
+    use crate::model::{SendRecord, SessionType};
+    use crate::service::backend::AppliedPosition;
+
+    fn first_message(from: u64, to: u64, session_id: u64, ids: &IdGenerator) -> SendRecord {
+        SendRecord {
+            origin_conn: None,
+            message_id: ids.next_id(),
+            session_id,
+            session_type: SessionType::Single,
+            sender_id: from,
+            to_user_id: Some(to),
+            group_id: None,
+            message_type: 1,
+            content: "hi".into(),
+            client_message_id: format!("c-{from}-{to}"),
+            client_ts: 1,
+            server_ts: 1,
+            adjusted_ts: 1,
+        }
+    }
+
+    /// The caches stay bounded, and trimming never loses a new pair's id
+    /// before its first message is stored: after that the store has it.
+    #[tokio::test]
+    async fn single_sessions_stay_bounded_and_agree_with_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Embedded::open(dir.path(), false, 64).unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::new(&db.documents));
+        let auth = Arc::new(AuthService::new(b"0123456789abcdef0123456789abcdef", 60).unwrap());
+        let ids = Arc::new(IdGenerator::new(1));
+        let directory = Directory::with_cache_max(store.clone(), auth, ids.clone(), 4);
+
+        let fresh = directory.single_session(1, 2).await.unwrap();
+        assert_eq!(directory.single_session(2, 1).await.unwrap(), fresh);
+        for pair in 10..30 {
+            directory.single_session_stored(pair, pair + 100, pair + 1_000);
+        }
+        assert!(directory.single_sessions.read().stored.len() <= 4);
+        // Still the only record of the pair: trimming left it alone.
+        assert_eq!(directory.single_session(1, 2).await.unwrap(), fresh);
+
+        let record = first_message(1, 2, fresh, &ids);
+        let applied = AppliedPosition {
+            consumer: "test",
+            offset: 1,
+        };
+        let stored = store.store_messages(vec![record], applied).await.unwrap();
+        assert_eq!(stored[0].doc.session_id, fresh);
+        directory.single_session_stored(1, 2, fresh);
+        assert!(directory.single_sessions.read().fresh.is_empty());
+        for pair in 10..30 {
+            directory.single_session_stored(pair, pair + 100, pair + 1_000);
+        }
+        // Trimmed from memory now, and found again in the store.
+        assert_eq!(directory.single_session(2, 1).await.unwrap(), fresh);
     }
 }
