@@ -74,6 +74,11 @@ fn serve(listen: Option<String>, data_dir: Option<PathBuf>, config: Option<PathB
             return ExitCode::from(2);
         }
     };
+    // Before any thread or SQLite call: SQLite takes configuration only
+    // before its first use, and only from a single thread.
+    if !herald::embedded::page_cache::install() {
+        tracing::warn!("SQLite's default page cache is in use (slower commits)");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

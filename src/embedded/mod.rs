@@ -75,7 +75,6 @@ impl Embedded {
         durability_full: bool,
         batch_max: usize,
     ) -> BackendResult<Embedded> {
-        page_cache::install();
         std::fs::create_dir_all(data_dir).map_err(|e| {
             BackendError::Other(format!("cannot create {}: {e}", data_dir.display()))
         })?;

@@ -51,8 +51,9 @@ struct Tracked {
     max_key: c_uint,
 }
 
-/// Installs the wrapper; must run before SQLite's first use in the
-/// process (SQLite refuses configuration after it initialized). Returns
+/// Installs the wrapper. Call it before SQLite's first use in the process
+/// and while no other thread can use SQLite (`sqlite3_config` is not
+/// thread-safe; after SQLite initialized it refuses, harmlessly). Returns
 /// whether the wrapper is in place; without it SQLite is merely slower.
 pub fn install() -> bool {
     *INSTALLED.get_or_init(install_once)
