@@ -97,6 +97,9 @@ QUIET_PCT=${QUIET_PCT:-15}
 QUIET_TIMEOUT=${QUIET_TIMEOUT:-30}
 SKIP_BUILD=${SKIP_BUILD:-0}
 KEEP_WORK=${KEEP_WORK:-0}
+# The commit the binaries were built from, when it is not this checkout's
+# HEAD (SKIP_BUILD=1 with CARGO_TARGET_DIR holding an older build).
+HERALD_GIT=${HERALD_GIT:-}
 BEFORE=${BEFORE:-}
 OUT_DIR=${OUT_DIR:-docs/bench}
 REPORT=${REPORT:-docs/BENCHMARKS.md}
@@ -573,9 +576,13 @@ meta_record() {
         stompjs_version=$(cd "$STOMPJS_DIR" && "$NODE" -p \
             "require('./node_modules/@stomp/stompjs/package.json').version" 2>/dev/null || true)
     fi
-    git_rev=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-    if [[ -n $(git status --porcelain --untracked-files=no 2>/dev/null) ]]; then
-        git_rev="$git_rev (with uncommitted changes)"
+    if [[ -n $HERALD_GIT ]]; then
+        git_rev=$HERALD_GIT
+    else
+        git_rev=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+        if [[ -n $(git status --porcelain --untracked-files=no 2>/dev/null) ]]; then
+            git_rev="$git_rev (with uncommitted changes)"
+        fi
     fi
     python3 -c 'import json, sys
 a = sys.argv[1:]
