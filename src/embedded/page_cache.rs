@@ -23,15 +23,15 @@ use rusqlite::ffi;
 const PENDING_BYTE: u32 = 0x4000_0000;
 
 /// The default page cache's methods, captured before ours are installed.
-struct Default(ffi::sqlite3_pcache_methods2);
+struct DefaultMethods(ffi::sqlite3_pcache_methods2);
 
 // SAFETY: plain function pointers and SQLite's own argument pointer,
 // which SQLite itself hands to any thread.
-unsafe impl Send for Default {}
-unsafe impl Sync for Default {}
+unsafe impl Send for DefaultMethods {}
+unsafe impl Sync for DefaultMethods {}
 
 /// Set before ours are installed, so that they can always reach it.
-static DEFAULT: OnceLock<Default> = OnceLock::new();
+static DEFAULT: OnceLock<DefaultMethods> = OnceLock::new();
 static INSTALLED: OnceLock<bool> = OnceLock::new();
 static SKIPPED: AtomicU64 = AtomicU64::new(0);
 
@@ -73,7 +73,7 @@ fn install_once() -> bool {
             tracing::debug!(code = got, "SQLite page cache left as it is");
             return false;
         }
-        let default = DEFAULT.get_or_init(|| Default(default)).0;
+        let default = DEFAULT.get_or_init(|| DefaultMethods(default)).0;
         let mut ours = default;
         ours.xCreate = Some(create);
         ours.xCachesize = Some(cachesize);
