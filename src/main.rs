@@ -6,11 +6,6 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use herald::config::{Config, FlagOverrides};
 
-/// glibc's malloc was 7-8 % of the server's CPU samples under load (frees
-/// of frames and JSON bodies across threads, consolidation of its bins).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "herald",
