@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 
 use super::{retry, BatchHandler};
 use crate::model::ids::now_ms;
-use crate::model::{SendRecord, SessionType, StoredMessage};
+use crate::model::{SendRecord, StoredMessage};
 use crate::service::backend::{AppliedPosition, Store};
 use crate::service::directory::Directory;
 use crate::service::Watermark;
@@ -46,9 +46,11 @@ impl BatchHandler for SessionConsumer {
             store.store_messages(batch.clone(), applied)
         })
         .await;
-        for s in &stored {
-            let doc = &s.doc;
-            if let (SessionType::Single, Some(to)) = (doc.session_type, doc.to_user_id) {
+        // Only the first message of a session (since the store cached it)
+        // can be a new pair's: the others need no word to the directory.
+        for s in stored.iter().filter(|s| s.session_resolved) {
+            if let Some(to) = s.doc.to_user_id {
+                let doc = &s.doc;
                 self.directory
                     .single_session_stored(doc.sender_id, to, doc.session_id);
             }

@@ -166,11 +166,9 @@ unsafe extern "C" fn fetch(
 ) -> *mut ffi::sqlite3_pcache_page {
     let cache = unsafe { tracked(p) };
     let page = unsafe { call!(xFetch(cache.inner, key, create)) };
-    if !page.is_null() && key != cache.swap_key {
+    if !page.is_null() {
+        // (Only a corrupt file asks for the swap key's page: counted too.)
         cache.max_key = cache.max_key.max(key);
-    } else if !page.is_null() {
-        // Only a corrupt file asks for the lock page; stay conservative.
-        cache.max_key = c_uint::MAX;
     }
     page
 }

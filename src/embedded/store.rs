@@ -268,9 +268,9 @@ fn store_batch(
         }
         let mut r = r;
         // A session this writer has not stored into yet may be a new pair.
-        if r.session_type == SessionType::Single
-            && !counters.seqs.session_seq.contains_key(&r.session_id)
-        {
+        let session_resolved = r.session_type == SessionType::Single
+            && !counters.seqs.session_seq.contains_key(&r.session_id);
+        if session_resolved {
             r.session_id = ensure_single_session(c, &r)?;
         }
         let recipients = counters.recipients(c, &r)?;
@@ -330,6 +330,7 @@ fn store_batch(
             doc: Arc::new(doc),
             recipients: refs,
             accepted_at_ms,
+            session_resolved,
         });
     }
     counters.write_back(c)?;

@@ -149,6 +149,9 @@ pub struct StoredMessage {
     pub recipients: Vec<InboxRef>,
     /// When the send was accepted (ms), for the send-to-store histogram.
     pub accepted_at_ms: i64,
+    /// A single chat's session was looked up (and created if new) for this
+    /// message: the first stored in it since the store last cached it.
+    pub session_resolved: bool,
 }
 
 /// What the sender is told once a send is durably accepted.

@@ -440,6 +440,10 @@ mod tests {
         };
         let stored = store.store_messages(vec![record], applied).await.unwrap();
         assert_eq!(stored[0].doc.session_id, fresh);
+        assert!(
+            stored[0].session_resolved,
+            "what tells the consumer to report it"
+        );
         directory.single_session_stored(1, 2, fresh);
         assert!(directory.single_sessions.read().fresh.is_empty());
         for pair in 10..30 {
