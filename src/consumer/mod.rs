@@ -96,9 +96,10 @@ pub async fn run_topic<H: BatchHandler>(
                 continue;
             }
         };
-        let Some(last) = records.last().map(|r| r.offset) else {
+        let (Some(first), Some(last)) = (records.first(), records.last()) else {
             continue;
         };
+        let (first, last) = (first.offset, last.offset);
         let batch = records
             .iter()
             .filter_map(|r| match serde_json::from_slice(&r.payload) {
@@ -113,6 +114,7 @@ pub async fn run_topic<H: BatchHandler>(
             .collect();
         let applied = AppliedPosition {
             consumer: group,
+            first,
             offset: last,
         };
         handler.handle(batch, applied).await;

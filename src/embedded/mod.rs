@@ -11,6 +11,7 @@ mod checkpointer;
 pub mod page_cache;
 mod reader;
 mod schema;
+mod seqs;
 mod store;
 mod topic;
 mod writer;

@@ -36,6 +36,16 @@ impl ReadPool {
         F: FnOnce(&Connection) -> BackendResult<R> + Send + 'static,
     {
         self.writer.settle().await?;
+        self.read_committed(f).await
+    }
+
+    /// Runs `f` on what is committed, without `read`'s wait for released
+    /// writes: for callers that know those from elsewhere.
+    pub async fn read_committed<R, F>(self: &std::sync::Arc<Self>, f: F) -> BackendResult<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> BackendResult<R> + Send + 'static,
+    {
         let pool = self.clone();
         tokio::task::spawn_blocking(move || pool.read_blocking(f))
             .await

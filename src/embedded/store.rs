@@ -8,8 +8,9 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
+use super::seqs::{self, PairLookup, Planned, SeqCache};
 use super::{Database, DurablePositions, ReadPool, Writer};
-use crate::error::BackendResult;
+use crate::error::{BackendError, BackendResult};
 use crate::model::{
     AckCommand, AckOutcome, AckRecord, Group, InboxMessage, InboxRef, InboxStatus, MessageDoc,
     SendRecord, SessionInfo, SessionSummary, SessionType, StoredMessage, User,
@@ -45,42 +46,44 @@ impl SqliteStore {
         self.writer
             .apply(move |c| {
                 let written = f(c)?;
-                c.prepare_cached(
-                    "INSERT INTO applied_positions(consumer, position) VALUES (?1, ?2)
-                     ON CONFLICT(consumer) DO UPDATE SET position = max(position, ?2)",
-                )?
-                .execute(params![applied.consumer, applied.offset as i64])?;
+                save_applied(c, applied)?;
                 Ok(written)
             })
             .await
     }
-}
 
-/// Entries kept per map of `SeqCache` before it starts over.
-const SEQ_CACHE_MAX: usize = 1 << 20;
-
-/// The last `seq` of each session and `inboxSeq` of each user, as written
-/// by `store_batch`, so storing a message costs no lookups of them. Only
-/// used on the writer thread (the mutex is never contended); dropped
-/// whenever the writer rolled anything back, since it may then hold seqs
-/// that never committed.
-#[derive(Default)]
-struct SeqCache {
-    rollbacks_seen: u64,
-    session_seq: HashMap<u64, i64>,
-    inbox_seq: HashMap<u64, i64>,
-}
-
-impl SeqCache {
-    /// Forgets everything if the writer rolled back since the last use.
-    fn validate(&mut self, rollbacks: u64) {
-        let full = self.session_seq.len() > SEQ_CACHE_MAX || self.inbox_seq.len() > SEQ_CACHE_MAX;
-        if rollbacks != self.rollbacks_seen || full {
-            self.session_seq.clear();
-            self.inbox_seq.clear();
-            self.rollbacks_seen = rollbacks;
+    /// Queues the inserts of messages numbered in memory and answers at
+    /// once: the caller pushes them while the writer catches up.
+    async fn write_planned(
+        &self,
+        planned: Vec<(Planned, StoredMessage)>,
+        applied: AppliedPosition,
+    ) -> BackendResult<Vec<StoredMessage>> {
+        let (writes, stored): (Vec<Planned>, Vec<StoredMessage>) = planned.into_iter().unzip();
+        let queued = self
+            .writer
+            .apply_detached(move |c| {
+                write_planned(c, &writes)?;
+                save_applied(c, applied)
+            })
+            .await;
+        if let Err(e) = queued {
+            // The numbers were taken but will not be written.
+            self.seqs.lock().forget();
+            return Err(e);
         }
+        Ok(stored)
     }
+}
+
+/// Saves a consumer's position in the transaction of what it applied.
+fn save_applied(c: &Connection, applied: AppliedPosition) -> BackendResult<()> {
+    c.prepare_cached(
+        "INSERT INTO applied_positions(consumer, position) VALUES (?1, ?2)
+         ON CONFLICT(consumer) DO UPDATE SET position = max(position, ?2)",
+    )?
+    .execute(params![applied.consumer, applied.offset as i64])?;
+    Ok(())
 }
 
 const MESSAGE_COLUMNS: &str = "m.message_id, m.session_id, m.seq, m.session_type, m.sender_id, \
@@ -180,7 +183,7 @@ fn load_group(c: &Connection, group_id: u64) -> BackendResult<Option<Group>> {
 /// not per message) and the group members it looked up.
 struct Counters<'a> {
     seqs: &'a mut SeqCache,
-    session_last: HashMap<u64, (u64, i64)>,
+    session_last: SessionLast,
     members: HashMap<u64, Vec<u64>>,
 }
 
@@ -231,17 +234,114 @@ impl Counters<'_> {
             _ => Ok(vec![r.sender_id]),
         }
     }
+}
+
+/// The last message of each session a batch wrote to: written back once
+/// per session at the end of the batch, not per message.
+#[derive(Default)]
+struct SessionLast(HashMap<u64, (i64, u64, i64)>);
+
+impl SessionLast {
+    fn note(&mut self, doc: &MessageDoc) {
+        let last = (doc.seq, doc.message_id, doc.server_ts);
+        self.0
+            .entry(doc.session_id)
+            .and_modify(|l| *l = (*l).max(last))
+            .or_insert(last);
+    }
 
     fn write_back(&self, c: &Connection) -> BackendResult<()> {
         let mut upd = c.prepare_cached(
             "UPDATE sessions SET last_seq = ?2, last_message_id = ?3, updated_at = ?4 WHERE session_id = ?1",
         )?;
-        for (sid, (mid, ts)) in &self.session_last {
-            let seq = self.seqs.session_seq.get(sid).copied().unwrap_or(0);
+        for (sid, (seq, mid, ts)) in &self.0 {
             upd.execute(params![*sid as i64, seq, *mid as i64, ts])?;
         }
         Ok(())
     }
+}
+
+fn insert_message(c: &Connection, doc: &MessageDoc) -> BackendResult<()> {
+    c.prepare_cached(
+        "INSERT INTO messages(message_id, session_id, seq, session_type, sender_id, to_user_id, group_id,
+         message_type, content, client_message_id, client_ts, server_ts, adjusted_ts, recalled)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, 0)",
+    )?
+    .execute(params![
+        doc.message_id as i64,
+        doc.session_id as i64,
+        doc.seq,
+        doc.session_type.code(),
+        doc.sender_id as i64,
+        doc.to_user_id.map(|v| v as i64),
+        doc.group_id.map(|v| v as i64),
+        doc.message_type,
+        doc.content,
+        doc.client_message_id,
+        doc.client_ts,
+        doc.server_ts,
+        doc.adjusted_ts,
+    ])?;
+    Ok(())
+}
+
+fn insert_inbox_entries(
+    c: &Connection,
+    doc: &MessageDoc,
+    entries: &[InboxRef],
+) -> BackendResult<()> {
+    let mut ins = c.prepare_cached(
+        "INSERT INTO inbox(user_id, inbox_seq, message_id, session_id, seq, status) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    for e in entries {
+        ins.execute(params![
+            e.user_id as i64,
+            e.inbox_seq,
+            doc.message_id as i64,
+            doc.session_id as i64,
+            doc.seq,
+            e.status.code()
+        ])?;
+    }
+    Ok(())
+}
+
+/// Inserts the row of a single session; `false` if the pair has one.
+fn insert_single_session(
+    c: &Connection,
+    session_id: u64,
+    (lo, hi): (u64, u64),
+    ts: i64,
+) -> BackendResult<bool> {
+    let inserted = c
+        .prepare_cached(
+            "INSERT INTO sessions(session_id, session_type, user_lo, user_hi, last_seq, updated_at)
+             VALUES (?, 1, ?, ?, 0, ?) ON CONFLICT DO NOTHING",
+        )?
+        .execute(params![session_id as i64, lo as i64, hi as i64, ts])?;
+    Ok(inserted == 1)
+}
+
+/// Writes messages numbered by `SeqCache::plan`. The numbers were pushed
+/// already, so anything unexpected (a pair with another session) fails the
+/// job, and the process exits to replay them (`Writer::apply_detached`).
+fn write_planned(c: &Connection, planned: &[Planned]) -> BackendResult<()> {
+    let mut last = SessionLast::default();
+    for p in planned {
+        let doc = &p.doc;
+        if let Some(pair) = p.new_session {
+            if !insert_single_session(c, doc.session_id, pair, doc.server_ts)? {
+                return Err(BackendError::Other(format!(
+                    "session {} of a new pair exists already",
+                    doc.session_id
+                )));
+            }
+        }
+        insert_message(c, doc)?;
+        insert_inbox_entries(c, doc, &p.recipients)?;
+        last.note(doc);
+    }
+    last.write_back(c)
 }
 
 fn store_batch(
@@ -251,7 +351,7 @@ fn store_batch(
 ) -> BackendResult<Vec<StoredMessage>> {
     let mut counters = Counters {
         seqs,
-        session_last: HashMap::new(),
+        session_last: SessionLast::default(),
         members: HashMap::new(),
     };
     let mut out = Vec::with_capacity(records.len());
@@ -271,39 +371,20 @@ fn store_batch(
         let session_resolved = r.session_type == SessionType::Single
             && !counters.seqs.session_seq.contains_key(&r.session_id);
         if session_resolved {
+            let given = r.session_id;
+            let to = r.to_user_id.unwrap_or(r.sender_id);
             r.session_id = ensure_single_session(c, &r)?;
+            counters
+                .seqs
+                .resolved(given, seqs::pair(r.sender_id, to), r.session_id);
         }
         let recipients = counters.recipients(c, &r)?;
         let seq = counters.next_seq(c, r.session_id)?;
         let accepted_at_ms = r.server_ts;
         let doc = MessageDoc::from_record(r, seq);
-        c.prepare_cached(
-            "INSERT INTO messages(message_id, session_id, seq, session_type, sender_id, to_user_id, group_id,
-             message_type, content, client_message_id, client_ts, server_ts, adjusted_ts, recalled)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, 0)",
-        )?
-        .execute(params![
-            doc.message_id as i64,
-            doc.session_id as i64,
-            doc.seq,
-            doc.session_type.code(),
-            doc.sender_id as i64,
-            doc.to_user_id.map(|v| v as i64),
-            doc.group_id.map(|v| v as i64),
-            doc.message_type,
-            doc.content,
-            doc.client_message_id,
-            doc.client_ts,
-            doc.server_ts,
-            doc.adjusted_ts,
-        ])?;
-        counters
-            .session_last
-            .insert(doc.session_id, (doc.message_id, doc.server_ts));
+        insert_message(c, &doc)?;
+        counters.session_last.note(&doc);
         let mut refs = Vec::with_capacity(recipients.len());
-        let mut ins = c.prepare_cached(
-            "INSERT INTO inbox(user_id, inbox_seq, message_id, session_id, seq, status) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )?;
         for user_id in recipients {
             let inbox_seq = counters.next_inbox_seq(c, user_id)?;
             // The sender's own copy is read already: it only serves sync.
@@ -312,20 +393,13 @@ fn store_batch(
             } else {
                 InboxStatus::Pending
             };
-            ins.execute(params![
-                user_id as i64,
-                inbox_seq,
-                doc.message_id as i64,
-                doc.session_id as i64,
-                doc.seq,
-                status.code()
-            ])?;
             refs.push(InboxRef {
                 user_id,
                 inbox_seq,
                 status,
             });
         }
+        insert_inbox_entries(c, &doc, &refs)?;
         out.push(StoredMessage {
             doc: Arc::new(doc),
             recipients: refs,
@@ -333,7 +407,7 @@ fn store_batch(
             session_resolved,
         });
     }
-    counters.write_back(c)?;
+    counters.session_last.write_back(c)?;
     Ok(out)
 }
 
@@ -353,13 +427,9 @@ fn find_single_session(c: &Connection, lo: i64, hi: i64) -> BackendResult<Option
 /// session, so the pair keeps one conversation).
 fn ensure_single_session(c: &Connection, r: &SendRecord) -> BackendResult<u64> {
     let to = r.to_user_id.unwrap_or(r.sender_id);
-    let (lo, hi) = (r.sender_id.min(to) as i64, r.sender_id.max(to) as i64);
-    c.prepare_cached(
-        "INSERT INTO sessions(session_id, session_type, user_lo, user_hi, last_seq, updated_at)
-         VALUES (?, 1, ?, ?, 0, ?) ON CONFLICT DO NOTHING",
-    )?
-    .execute(params![r.session_id as i64, lo, hi, r.server_ts])?;
-    let id = find_single_session(c, lo, hi)?.unwrap_or(r.session_id);
+    let pair = seqs::pair(r.sender_id, to);
+    insert_single_session(c, r.session_id, pair, r.server_ts)?;
+    let id = find_single_session(c, pair.0 as i64, pair.1 as i64)?.unwrap_or(r.session_id);
     if id != r.session_id {
         tracing::warn!(
             given = r.session_id,
@@ -654,10 +724,27 @@ impl Store for SqliteStore {
             .await
     }
 
+    /// Not through the writer, whose commits a new pair's first send would
+    /// wait behind: every pair stored and not committed yet is in the seq
+    /// cache (and if the cache started over, the writer commits first).
     async fn find_single_session(&self, a: u64, b: u64) -> BackendResult<Option<u64>> {
-        let (lo, hi) = (a.min(b) as i64, a.max(b) as i64);
-        self.writer
-            .read_now(move |c| find_single_session(c, lo, hi))
+        let pair = seqs::pair(a, b);
+        let lookup = {
+            let mut seqs = self.seqs.lock();
+            seqs.validate(self.writer.rollbacks());
+            seqs.pair_session(pair)
+        };
+        match lookup {
+            PairLookup::Found(id) => return Ok(Some(id)),
+            PairLookup::Committed => {}
+            PairLookup::Settle(epoch) => {
+                self.writer.settle().await?;
+                self.seqs.lock().settled(epoch);
+            }
+        }
+        let (lo, hi) = (pair.0 as i64, pair.1 as i64);
+        self.readers
+            .read_committed(move |c| find_single_session(c, lo, hi))
             .await
     }
 
@@ -686,13 +773,35 @@ impl Store for SqliteStore {
         records: Vec<SendRecord>,
         applied: AppliedPosition,
     ) -> BackendResult<Vec<StoredMessage>> {
+        let planned = {
+            let mut seqs = self.seqs.lock();
+            seqs.validate(self.writer.rollbacks());
+            seqs.plan(records, applied)
+        };
+        let records = match planned {
+            Ok(planned) => {
+                metrics::counter!("herald_messages_numbered_total", "by" => "memory")
+                    .increment(planned.len() as u64);
+                return self.write_planned(planned, applied).await;
+            }
+            Err(records) => records,
+        };
+        metrics::counter!("herald_messages_numbered_total", "by" => "writer")
+            .increment(records.len() as u64);
         let (seqs, writer) = (self.seqs.clone(), self.writer.clone());
-        self.write_applied(applied, move |c| {
-            let mut seqs = seqs.lock();
-            seqs.validate(writer.rollbacks());
-            store_batch(c, &mut seqs, records)
-        })
-        .await
+        let stored = self
+            .write_applied(applied, move |c| {
+                let mut seqs = seqs.lock();
+                seqs.validate(writer.rollbacks());
+                store_batch(c, &mut seqs, records)
+            })
+            .await?;
+        self.seqs.lock().stored_through(applied);
+        Ok(stored)
+    }
+
+    fn single_session_allocated(&self, session_id: u64, a: u64, b: u64) {
+        self.seqs.lock().allocated(session_id, a, b);
     }
 
     async fn apply_acks(

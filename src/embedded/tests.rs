@@ -90,6 +90,7 @@ async fn applied_positions_are_saved_with_the_documents_and_become_durable() {
     assert_eq!(store.applied_position("w").await.unwrap(), None);
     let applied = |offset| AppliedPosition {
         consumer: "w",
+        first: offset,
         offset,
     };
     let stored = store
@@ -98,9 +99,18 @@ async fn applied_positions_are_saved_with_the_documents_and_become_durable() {
         .unwrap();
     let seqs: Vec<i64> = stored.iter().map(|s| s.doc.seq).collect();
     assert_eq!(seqs, vec![1, 2]);
-    // Re-applying after a crash skips what is stored; seqs stay gap-free.
+    // Re-applying after a crash (a store that starts cold) skips what is
+    // stored; seqs stay gap-free.
+    let store = SqliteStore::new(&db.documents);
     let again = store
-        .store_messages(vec![record(101), record(102)], applied(3))
+        .store_messages(
+            vec![record(101), record(102)],
+            AppliedPosition {
+                consumer: "w",
+                first: 2,
+                offset: 3,
+            },
+        )
         .await
         .unwrap();
     let seqs: Vec<i64> = again.iter().map(|s| s.doc.seq).collect();
@@ -168,6 +178,7 @@ async fn a_new_pair_gets_one_session_with_its_first_stored_message() {
     assert_eq!(store.find_single_session(2, 1).await.unwrap(), None);
     let applied = AppliedPosition {
         consumer: "w",
+        first: 1,
         offset: 1,
     };
     store
@@ -195,6 +206,7 @@ async fn stomp_acks_name_inbox_entries_and_only_raise_the_users_own() {
     let store = SqliteStore::new(&db.documents);
     let applied = |offset| AppliedPosition {
         consumer: "a",
+        first: offset,
         offset,
     };
     let stored = store
@@ -236,4 +248,155 @@ async fn stomp_acks_name_inbox_entries_and_only_raise_the_users_own() {
     assert_eq!(outcomes[2].no_longer_pending, vec![100]);
     let inbox = store.inbox_messages(2, &[100]).await.unwrap();
     assert_eq!(inbox[0].status, InboxStatus::Delivered);
+}
+
+fn chat(message_id: u64, session_id: u64, from: u64, to: u64) -> SendRecord {
+    SendRecord {
+        session_id,
+        sender_id: from,
+        to_user_id: Some(to),
+        ..record(message_id)
+    }
+}
+
+fn batch(first: u64, offset: u64) -> AppliedPosition {
+    AppliedPosition {
+        consumer: "w",
+        first,
+        offset,
+    }
+}
+
+/// Holds the writer thread until the returned sender is dropped or fed.
+async fn hold_writer(db: &Embedded) -> std::sync::mpsc::Sender<()> {
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    let (running, started) = tokio::sync::oneshot::channel();
+    let _done = db
+        .documents
+        .writer
+        .enqueue(
+            move |_| {
+                let _ = running.send(());
+                let _ = held.recv();
+                Ok(())
+            },
+            |_| {},
+        )
+        .await
+        .unwrap();
+    started.await.unwrap();
+    release
+}
+
+/// Answers within a second, or panics: numbering must not wait for the
+/// (held) writer.
+async fn soon<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(1), f)
+        .await
+        .expect("answered without the writer")
+}
+
+#[tokio::test]
+async fn cached_counters_number_messages_while_the_writer_is_busy() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path());
+    let store = SqliteStore::new(&db.documents);
+    // The first batch goes through the writer and warms the counters.
+    store
+        .store_messages(vec![chat(100, 7, 1, 2)], batch(1, 1))
+        .await
+        .unwrap();
+    let release = hold_writer(&db).await;
+    let stored =
+        soon(store.store_messages(vec![chat(101, 7, 1, 2), chat(102, 7, 2, 1)], batch(2, 3)))
+            .await
+            .unwrap();
+    let numbers: Vec<(i64, Vec<i64>)> = stored
+        .iter()
+        .map(|s| {
+            (
+                s.doc.seq,
+                s.recipients.iter().map(|r| r.inbox_seq).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(numbers, vec![(2, vec![2, 2]), (3, vec![3, 3])]);
+    assert!(stored.iter().all(|s| !s.session_resolved));
+    drop(release);
+    // Readers see what was announced, in the same numbers.
+    let synced = store.sync(2, 0, 10).await.unwrap();
+    let seen: Vec<(u64, i64, i64)> = synced
+        .iter()
+        .map(|m| (m.doc.message_id, m.doc.seq, m.inbox_seq))
+        .collect();
+    assert_eq!(seen, vec![(100, 1, 1), (101, 2, 2), (102, 3, 3)]);
+    assert_eq!(store.applied_position("w").await.unwrap(), Some(3));
+    // A restarted store reads the counters back from what was written.
+    let restarted = SqliteStore::new(&db.documents);
+    let next = restarted
+        .store_messages(vec![chat(103, 7, 1, 2)], batch(4, 4))
+        .await
+        .unwrap();
+    assert_eq!(next[0].doc.seq, 4);
+    assert_eq!(next[0].recipients[1].inbox_seq, 4);
+}
+
+#[tokio::test]
+async fn a_batch_the_store_may_have_seen_goes_through_the_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path());
+    let store = SqliteStore::new(&db.documents);
+    store
+        .store_messages(vec![chat(100, 7, 1, 2), chat(101, 7, 1, 2)], batch(1, 2))
+        .await
+        .unwrap();
+    // Offsets at or before the last batch: maybe stored, so checked.
+    let again = store
+        .store_messages(vec![chat(101, 7, 1, 2), chat(102, 7, 1, 2)], batch(2, 3))
+        .await
+        .unwrap();
+    let seqs: Vec<i64> = again.iter().map(|s| s.doc.seq).collect();
+    assert_eq!(seqs, vec![3]);
+}
+
+#[tokio::test]
+async fn a_new_pair_the_directory_named_is_numbered_from_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path());
+    let store = SqliteStore::new(&db.documents);
+    store
+        .store_messages(vec![chat(100, 7, 1, 2), chat(101, 9, 3, 2)], batch(1, 2))
+        .await
+        .unwrap();
+    store.single_session_allocated(11, 3, 1);
+    let release = hold_writer(&db).await;
+    let stored =
+        soon(store.store_messages(vec![chat(102, 11, 1, 3), chat(103, 11, 3, 1)], batch(3, 4)))
+            .await
+            .unwrap();
+    let seqs: Vec<(i64, bool)> = stored
+        .iter()
+        .map(|s| (s.doc.seq, s.session_resolved))
+        .collect();
+    assert_eq!(seqs, vec![(1, true), (2, false)]);
+    // The directory's lookups do not wait for the writer either: the new
+    // pair is known in memory, any other pair is read as committed.
+    assert_eq!(
+        soon(store.find_single_session(3, 1)).await.unwrap(),
+        Some(11)
+    );
+    assert_eq!(soon(store.find_single_session(4, 5)).await.unwrap(), None);
+    drop(release);
+    assert_eq!(store.find_single_session(1, 3).await.unwrap(), Some(11));
+    let info = store.session_info(11).await.unwrap().unwrap();
+    assert_eq!(info.members, vec![1, 3]);
+    // A second id for a stored pair goes to the writer, which files the
+    // message under the first.
+    store.single_session_allocated(12, 2, 1);
+    let stray = store
+        .store_messages(vec![chat(104, 12, 1, 2)], batch(5, 5))
+        .await
+        .unwrap();
+    assert_eq!((stray[0].doc.session_id, stray[0].doc.seq), (7, 2));
+    assert!(store.session_info(12).await.unwrap().is_none());
 }

@@ -5,7 +5,7 @@
 //! replayable jobs (see `Writer::apply`), released as soon as they ran.
 
 use rusqlite::Connection;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -51,6 +51,9 @@ pub struct Writer {
     rollbacks: Arc<AtomicU64>,
     /// Set while the open transaction holds released, uncommitted writes.
     uncommitted: Arc<AtomicBool>,
+    /// `apply_detached` jobs queued and not run yet.
+    detached: Arc<AtomicUsize>,
+    db: &'static str,
 }
 
 impl Writer {
@@ -100,6 +103,8 @@ impl Writer {
             jobs,
             rollbacks,
             uncommitted,
+            detached: Arc::default(),
+            db,
         })
     }
 
@@ -174,6 +179,40 @@ impl Writer {
         self.answer_when_ran(f, true).await
     }
 
+    /// Queues the replayable writes `f` and answers once they are queued,
+    /// for writes whose effects the caller announces before they ran (seqs
+    /// assigned in memory). They run and commit in queue order, so a job
+    /// queued after them sees them; a failure of theirs or of their commit
+    /// exits the process, whose restart replays them (see `apply`).
+    pub async fn apply_detached<F>(&self, f: F) -> BackendResult<()>
+    where
+        F: FnOnce(&Connection) -> BackendResult<()> + Send + 'static,
+    {
+        let (detached, db) = (self.detached.clone(), self.db);
+        let job: Job = Box::new(move |conn| {
+            let result = f(conn);
+            let ok = result.is_ok();
+            Ran::ReleaseNow {
+                ok,
+                wrote: ok,
+                release: Box::new(move |ended| {
+                    detached.fetch_sub(1, Ordering::AcqRel);
+                    if let Err(e) = ended.map_err(BackendError::Other).and(result) {
+                        tracing::error!(db, error = %e, "detached writes failed");
+                        lost_released_writes(db);
+                    }
+                }),
+            }
+        });
+        // Counted before it is queued: `settle` must not miss it.
+        self.detached.fetch_add(1, Ordering::AcqRel);
+        if self.jobs.send(job).await.is_err() {
+            self.detached.fetch_sub(1, Ordering::AcqRel);
+            return Err(BackendError::Closed);
+        }
+        Ok(())
+    }
+
     /// Runs `f` and answers once its savepoint ended; `writes` says whether
     /// it leaves writes to commit (and a failure to roll back).
     async fn answer_when_ran<R, F>(&self, f: F, writes: bool) -> BackendResult<R>
@@ -200,10 +239,11 @@ impl Writer {
         rx.await.map_err(|_| BackendError::Closed)?
     }
 
-    /// Commits what `apply` released so far, if anything, so that readers
-    /// on other connections see it.
+    /// Commits what `apply` released and `apply_detached` queued so far,
+    /// if anything, so that readers on other connections see it.
     pub async fn settle(&self) -> BackendResult<()> {
-        if self.uncommitted.load(Ordering::Acquire) {
+        // Detached jobs first: one flags `uncommitted` before it leaves.
+        if self.detached.load(Ordering::Acquire) > 0 || self.uncommitted.load(Ordering::Acquire) {
             self.flush().await?;
         }
         Ok(())

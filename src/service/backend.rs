@@ -29,11 +29,17 @@ pub trait Store: Send + Sync + 'static {
     /// The single session of two users, if it was stored. A new one is
     /// created by `store_messages`, with the first message stored in it.
     async fn find_single_session(&self, a: u64, b: u64) -> BackendResult<Option<u64>>;
+    /// The directory gave the new pair `a`, `b` the id `session_id`
+    /// (nothing is stored under it yet): a store may number its first
+    /// messages without looking the pair up.
+    fn single_session_allocated(&self, _session_id: u64, _a: u64, _b: u64) {}
     async fn session_info(&self, session_id: u64) -> BackendResult<Option<SessionInfo>>;
 
     /// Writes one `MessageDoc` and one inbox entry per recipient for each
     /// record, assigning `seq` and `inboxSeq`, and saves `applied` with
-    /// them. Idempotent on `message_id`: a record stored before is skipped.
+    /// them. Idempotent on `message_id`: a record stored before is skipped
+    /// (records after the last batch the store took, by `applied.first`,
+    /// were not: a store may number them without looking).
     async fn store_messages(
         &self,
         records: Vec<SendRecord>,
@@ -107,6 +113,9 @@ pub trait Store: Send + Sync + 'static {
 #[derive(Debug, Clone, Copy)]
 pub struct AppliedPosition {
     pub consumer: &'static str,
+    /// The offset of the batch's first record.
+    pub first: u64,
+    /// The offset of its last: the position saved.
     pub offset: u64,
 }
 

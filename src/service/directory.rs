@@ -205,6 +205,7 @@ impl Directory {
             None => {
                 let id = self.ids.next_id();
                 sessions.fresh.insert(key, id);
+                self.store.single_session_allocated(id, a, b);
                 id
             }
         })
@@ -436,6 +437,7 @@ mod tests {
         let record = first_message(1, 2, fresh, &ids);
         let applied = AppliedPosition {
             consumer: "test",
+            first: 1,
             offset: 1,
         };
         let stored = store.store_messages(vec![record], applied).await.unwrap();
