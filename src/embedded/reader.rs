@@ -52,6 +52,17 @@ impl ReadPool {
             .map_err(|e| BackendError::Other(format!("read task failed: {e}")))?
     }
 
+    /// Runs `f` on what is committed, on the calling thread: only for
+    /// point lookups on an index, which take microseconds from SQLite's
+    /// cache, where the trip to the blocking pool and back cost more (two
+    /// thread wake-ups per call showed in profiles).
+    pub fn read_committed_here<R>(
+        &self,
+        f: impl FnOnce(&Connection) -> BackendResult<R>,
+    ) -> BackendResult<R> {
+        self.read_blocking(f)
+    }
+
     /// Runs `f` with a read connection on the current thread (without
     /// `read`'s wait for released writes).
     fn read_blocking<R>(

@@ -744,8 +744,7 @@ impl Store for SqliteStore {
         }
         let (lo, hi) = (pair.0 as i64, pair.1 as i64);
         self.readers
-            .read_committed(move |c| find_single_session(c, lo, hi))
-            .await
+            .read_committed_here(|c| find_single_session(c, lo, hi))
     }
 
     async fn session_info(&self, session_id: u64) -> BackendResult<Option<SessionInfo>> {
