@@ -36,36 +36,18 @@ impl ReadPool {
         F: FnOnce(&Connection) -> BackendResult<R> + Send + 'static,
     {
         self.writer.settle().await?;
-        self.read_committed(f).await
-    }
-
-    /// Runs `f` on what is committed, without `read`'s wait for released
-    /// writes: for callers that know those from elsewhere.
-    pub async fn read_committed<R, F>(self: &std::sync::Arc<Self>, f: F) -> BackendResult<R>
-    where
-        R: Send + 'static,
-        F: FnOnce(&Connection) -> BackendResult<R> + Send + 'static,
-    {
         let pool = self.clone();
-        tokio::task::spawn_blocking(move || pool.read_blocking(f))
+        tokio::task::spawn_blocking(move || pool.read_here(f))
             .await
             .map_err(|e| BackendError::Other(format!("read task failed: {e}")))?
     }
 
-    /// Runs `f` on what is committed, on the calling thread: only for
-    /// point lookups on an index, which take microseconds from SQLite's
-    /// cache, where the trip to the blocking pool and back cost more (two
-    /// thread wake-ups per call showed in profiles).
-    pub fn read_committed_here<R>(
-        &self,
-        f: impl FnOnce(&Connection) -> BackendResult<R>,
-    ) -> BackendResult<R> {
-        self.read_blocking(f)
-    }
-
-    /// Runs `f` with a read connection on the current thread (without
-    /// `read`'s wait for released writes).
-    fn read_blocking<R>(
+    /// Runs `f` with a read connection on the calling thread, on what is
+    /// committed (without `read`'s wait for released writes). Besides
+    /// `read` itself, only for point lookups on an index: microseconds from
+    /// SQLite's cache, where the trip to the blocking pool and back cost
+    /// more (two thread wake-ups per call showed in profiles).
+    pub fn read_here<R>(
         &self,
         f: impl FnOnce(&Connection) -> BackendResult<R>,
     ) -> BackendResult<R> {

@@ -27,8 +27,6 @@ pub const SEQ_CACHE_MAX: usize = 1 << 20;
 #[derive(Default)]
 pub struct SeqCache {
     rollbacks_seen: u64,
-    /// Set when assigned numbers were not written after all.
-    stale: bool,
     /// How often the cache started over, and the last time a lookup made
     /// sure the writer committed what it knew before (see `pair_session`).
     epoch: u64,
@@ -38,7 +36,7 @@ pub struct SeqCache {
     /// The single session stored for each pair (low, high user) since the
     /// cache started: a second id for a pair must go to the writer, which
     /// files its messages under the first.
-    pub pairs: HashMap<(u64, u64), u64>,
+    pairs: HashMap<(u64, u64), u64>,
     /// Ids the directory gave new pairs, nothing stored under them yet
     /// (session id -> pair): their first seq is 1 without a lookup.
     allocated: HashMap<u64, (u64, u64)>,
@@ -57,7 +55,8 @@ pub enum PairLookup {
 /// A message numbered here, for the writer to insert.
 pub struct Planned {
     pub doc: Arc<MessageDoc>,
-    pub recipients: Vec<InboxRef>,
+    /// The sender's entry and the peer's.
+    pub recipients: [InboxRef; 2],
     /// The pair whose session this first message creates.
     pub new_session: Option<(u64, u64)>,
 }
@@ -68,8 +67,7 @@ pub fn pair(a: u64, b: u64) -> (u64, u64) {
 
 impl SeqCache {
     /// Forgets everything if the writer rolled back since the last use (the
-    /// counters may hold numbers that never committed), if numbers were
-    /// assigned and then not written, or if a map is full.
+    /// counters may hold numbers that never committed) or if a map is full.
     pub fn validate(&mut self, rollbacks: u64) {
         let full = [
             self.session_seq.len(),
@@ -79,14 +77,23 @@ impl SeqCache {
         ]
         .into_iter()
         .any(|n| n > SEQ_CACHE_MAX);
-        if rollbacks != self.rollbacks_seen || self.stale || full {
-            *self = SeqCache {
-                rollbacks_seen: rollbacks,
-                epoch: self.epoch + 1,
-                settled_epoch: self.settled_epoch,
-                ..SeqCache::default()
-            };
+        if rollbacks != self.rollbacks_seen || full {
+            self.start_over(rollbacks);
         }
+    }
+
+    /// Numbers assigned by `plan` will not be written: start over.
+    pub fn forget(&mut self) {
+        self.start_over(self.rollbacks_seen);
+    }
+
+    fn start_over(&mut self, rollbacks: u64) {
+        *self = SeqCache {
+            rollbacks_seen: rollbacks,
+            epoch: self.epoch + 1,
+            settled_epoch: self.settled_epoch,
+            ..SeqCache::default()
+        };
     }
 
     /// Where to find the session of a pair: `Found` if it was stored since
@@ -105,11 +112,6 @@ impl SeqCache {
     /// committed now.
     pub fn settled(&mut self, epoch: u64) {
         self.settled_epoch = self.settled_epoch.max(epoch);
-    }
-
-    /// Numbers assigned by `plan` will not be written: start over.
-    pub fn forget(&mut self) {
-        self.stale = true;
     }
 
     /// The directory gave the new pair `a`, `b` the id `session_id`.
@@ -178,31 +180,35 @@ impl SeqCache {
         let to = r.to_user_id.unwrap_or(sender);
         let accepted_at_ms = r.server_ts;
         let doc = Arc::new(MessageDoc::from_record(r, seq));
-        let recipients: Vec<InboxRef> = [sender, to]
-            .into_iter()
-            .map(|user_id| InboxRef {
-                user_id,
-                inbox_seq: next(&mut self.inbox_seq, user_id),
-                // The sender's own copy is read already: it only serves sync.
-                status: if user_id == sender {
-                    InboxStatus::Read
-                } else {
-                    InboxStatus::Pending
-                },
-            })
-            .collect();
+        let recipients = [sender, to]
+            .map(|user_id| inbox_entry(user_id, sender, next(&mut self.inbox_seq, user_id)));
         let planned = Planned {
             doc: doc.clone(),
-            recipients: recipients.clone(),
+            recipients,
             new_session,
         };
         let stored = StoredMessage {
             doc,
-            recipients,
+            recipients: recipients.to_vec(),
             accepted_at_ms,
             session_resolved: new_session.is_some(),
         };
         (planned, stored)
+    }
+}
+
+/// A recipient's inbox entry for a message from `sender`: the sender's own
+/// copy is read already (it only serves sync).
+pub fn inbox_entry(user_id: u64, sender: u64, inbox_seq: i64) -> InboxRef {
+    let status = if user_id == sender {
+        InboxStatus::Read
+    } else {
+        InboxStatus::Pending
+    };
+    InboxRef {
+        user_id,
+        inbox_seq,
+        status,
     }
 }
 

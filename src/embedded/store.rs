@@ -63,7 +63,7 @@ impl SqliteStore {
         let queued = self
             .writer
             .apply_detached(move |c| {
-                write_planned(c, &writes)?;
+                insert_planned(c, &writes)?;
                 save_applied(c, applied)
             })
             .await;
@@ -322,10 +322,10 @@ fn insert_single_session(
     Ok(inserted == 1)
 }
 
-/// Writes messages numbered by `SeqCache::plan`. The numbers were pushed
+/// Inserts messages numbered by `SeqCache::plan`. The numbers were pushed
 /// already, so anything unexpected (a pair with another session) fails the
 /// job, and the process exits to replay them (`Writer::apply_detached`).
-fn write_planned(c: &Connection, planned: &[Planned]) -> BackendResult<()> {
+fn insert_planned(c: &Connection, planned: &[Planned]) -> BackendResult<()> {
     let mut last = SessionLast::default();
     for p in planned {
         let doc = &p.doc;
@@ -372,11 +372,9 @@ fn store_batch(
             && !counters.seqs.session_seq.contains_key(&r.session_id);
         if session_resolved {
             let given = r.session_id;
-            let to = r.to_user_id.unwrap_or(r.sender_id);
-            r.session_id = ensure_single_session(c, &r)?;
-            counters
-                .seqs
-                .resolved(given, seqs::pair(r.sender_id, to), r.session_id);
+            let pair = seqs::pair(r.sender_id, r.to_user_id.unwrap_or(r.sender_id));
+            r.session_id = ensure_single_session(c, &r, pair)?;
+            counters.seqs.resolved(given, pair, r.session_id);
         }
         let recipients = counters.recipients(c, &r)?;
         let seq = counters.next_seq(c, r.session_id)?;
@@ -387,17 +385,7 @@ fn store_batch(
         let mut refs = Vec::with_capacity(recipients.len());
         for user_id in recipients {
             let inbox_seq = counters.next_inbox_seq(c, user_id)?;
-            // The sender's own copy is read already: it only serves sync.
-            let status = if user_id == doc.sender_id {
-                InboxStatus::Read
-            } else {
-                InboxStatus::Pending
-            };
-            refs.push(InboxRef {
-                user_id,
-                inbox_seq,
-                status,
-            });
+            refs.push(seqs::inbox_entry(user_id, doc.sender_id, inbox_seq));
         }
         insert_inbox_entries(c, &doc, &refs)?;
         out.push(StoredMessage {
@@ -425,9 +413,7 @@ fn find_single_session(c: &Connection, lo: i64, hi: i64) -> BackendResult<Option
 /// another (possible only if two ids were handed out for a pair across a
 /// crash, before the first was stored; its messages then join the stored
 /// session, so the pair keeps one conversation).
-fn ensure_single_session(c: &Connection, r: &SendRecord) -> BackendResult<u64> {
-    let to = r.to_user_id.unwrap_or(r.sender_id);
-    let pair = seqs::pair(r.sender_id, to);
+fn ensure_single_session(c: &Connection, r: &SendRecord, pair: (u64, u64)) -> BackendResult<u64> {
     insert_single_session(c, r.session_id, pair, r.server_ts)?;
     let id = find_single_session(c, pair.0 as i64, pair.1 as i64)?.unwrap_or(r.session_id);
     if id != r.session_id {
@@ -743,8 +729,7 @@ impl Store for SqliteStore {
             }
         }
         let (lo, hi) = (pair.0 as i64, pair.1 as i64);
-        self.readers
-            .read_committed_here(|c| find_single_session(c, lo, hi))
+        self.readers.read_here(|c| find_single_session(c, lo, hi))
     }
 
     async fn session_info(&self, session_id: u64) -> BackendResult<Option<SessionInfo>> {

@@ -267,6 +267,19 @@ fn batch(first: u64, offset: u64) -> AppliedPosition {
     }
 }
 
+/// A store on a new data directory that went through the writer with
+/// `records` (which warms its counters).
+async fn store_after(
+    records: Vec<SendRecord>,
+    applied: AppliedPosition,
+) -> (tempfile::TempDir, Embedded, SqliteStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path());
+    let store = SqliteStore::new(&db.documents);
+    store.store_messages(records, applied).await.unwrap();
+    (dir, db, store)
+}
+
 /// Holds the writer thread until the returned sender is dropped or fed.
 async fn hold_writer(db: &Embedded) -> std::sync::mpsc::Sender<()> {
     let (release, held) = std::sync::mpsc::channel::<()>();
@@ -298,14 +311,8 @@ async fn soon<T>(f: impl std::future::Future<Output = T>) -> T {
 
 #[tokio::test]
 async fn cached_counters_number_messages_while_the_writer_is_busy() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = open(dir.path());
-    let store = SqliteStore::new(&db.documents);
     // The first batch goes through the writer and warms the counters.
-    store
-        .store_messages(vec![chat(100, 7, 1, 2)], batch(1, 1))
-        .await
-        .unwrap();
+    let (_dir, db, store) = store_after(vec![chat(100, 7, 1, 2)], batch(1, 1)).await;
     let release = hold_writer(&db).await;
     let stored =
         soon(store.store_messages(vec![chat(101, 7, 1, 2), chat(102, 7, 2, 1)], batch(2, 3)))
@@ -343,13 +350,8 @@ async fn cached_counters_number_messages_while_the_writer_is_busy() {
 
 #[tokio::test]
 async fn a_batch_the_store_may_have_seen_goes_through_the_writer() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = open(dir.path());
-    let store = SqliteStore::new(&db.documents);
-    store
-        .store_messages(vec![chat(100, 7, 1, 2), chat(101, 7, 1, 2)], batch(1, 2))
-        .await
-        .unwrap();
+    let (_dir, _db, store) =
+        store_after(vec![chat(100, 7, 1, 2), chat(101, 7, 1, 2)], batch(1, 2)).await;
     // Offsets at or before the last batch: maybe stored, so checked.
     let again = store
         .store_messages(vec![chat(101, 7, 1, 2), chat(102, 7, 1, 2)], batch(2, 3))
@@ -361,13 +363,8 @@ async fn a_batch_the_store_may_have_seen_goes_through_the_writer() {
 
 #[tokio::test]
 async fn a_new_pair_the_directory_named_is_numbered_from_memory() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = open(dir.path());
-    let store = SqliteStore::new(&db.documents);
-    store
-        .store_messages(vec![chat(100, 7, 1, 2), chat(101, 9, 3, 2)], batch(1, 2))
-        .await
-        .unwrap();
+    let (_dir, db, store) =
+        store_after(vec![chat(100, 7, 1, 2), chat(101, 9, 3, 2)], batch(1, 2)).await;
     store.single_session_allocated(11, 3, 1);
     let release = hold_writer(&db).await;
     let stored =

@@ -189,19 +189,11 @@ impl Writer {
         F: FnOnce(&Connection) -> BackendResult<()> + Send + 'static,
     {
         let (detached, db) = (self.detached.clone(), self.db);
-        let job: Job = Box::new(move |conn| {
-            let result = f(conn);
-            let ok = result.is_ok();
-            Ran::ReleaseNow {
-                ok,
-                wrote: ok,
-                release: Box::new(move |ended| {
-                    detached.fetch_sub(1, Ordering::AcqRel);
-                    if let Err(e) = ended.map_err(BackendError::Other).and(result) {
-                        tracing::error!(db, error = %e, "detached writes failed");
-                        lost_released_writes(db);
-                    }
-                }),
+        let job = released_when_ran(f, true, move |result| {
+            detached.fetch_sub(1, Ordering::AcqRel);
+            if let Err(e) = result {
+                tracing::error!(db, error = %e, "detached writes failed");
+                lost_released_writes(db);
             }
         });
         // Counted before it is queued: `settle` must not miss it.
@@ -221,16 +213,8 @@ impl Writer {
         F: FnOnce(&Connection) -> BackendResult<R> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(move |conn| {
-            let result = f(conn);
-            let ok = !writes || result.is_ok();
-            Ran::ReleaseNow {
-                ok,
-                wrote: writes && ok,
-                release: Box::new(move |ended| {
-                    let _ = tx.send(ended.map_err(BackendError::Other).and(result));
-                }),
-            }
+        let job = released_when_ran(f, writes, move |result| {
+            let _ = tx.send(result);
         });
         self.jobs
             .send(job)
@@ -263,6 +247,29 @@ impl Writer {
     pub async fn flush(&self) -> BackendResult<()> {
         self.write(|_| Ok(())).await
     }
+}
+
+/// A job running `f` whose outcome goes to `release` as soon as its
+/// savepoint ended; `writes` says whether it leaves writes to commit (and
+/// a failure to roll back).
+fn released_when_ran<R, F>(
+    f: F,
+    writes: bool,
+    release: impl FnOnce(BackendResult<R>) + Send + 'static,
+) -> Job
+where
+    R: Send + 'static,
+    F: FnOnce(&Connection) -> BackendResult<R> + Send + 'static,
+{
+    Box::new(move |conn| {
+        let result = f(conn);
+        let ok = !writes || result.is_ok();
+        Ran::ReleaseNow {
+            ok,
+            wrote: writes && ok,
+            release: Box::new(move |ended| release(ended.map_err(BackendError::Other).and(result))),
+        }
+    })
 }
 
 /// The writer thread's settings and shared flags.
