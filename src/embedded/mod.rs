@@ -14,6 +14,7 @@ mod schema;
 mod seqs;
 mod store;
 mod topic;
+mod wal_writes;
 mod writer;
 
 pub use checkpointer::DurablePositions;

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use rusqlite::Connection;
+use rusqlite::{Connection, OpenFlags};
 
 use crate::error::BackendResult;
 
@@ -216,7 +216,16 @@ pub fn topic_table_sql(table: &str) -> String {
 
 /// Opens the write connection and creates the schema.
 pub fn open_write(path: &Path, role: Role, durability_full: bool) -> BackendResult<Connection> {
-    let conn = Connection::open(path)?;
+    // One `pwrite` per commit for the WAL, not two per page (`wal_writes`).
+    let conn = if super::wal_writes::register() {
+        Connection::open_with_flags_and_vfs(
+            path,
+            OpenFlags::default(),
+            super::wal_writes::VFS_NAME,
+        )?
+    } else {
+        Connection::open(path)?
+    };
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.pragma_update(None, "page_size", PAGE_SIZE)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -248,7 +257,6 @@ pub fn open_write(path: &Path, role: Role, durability_full: bool) -> BackendResu
 
 /// Opens a read-only connection for queries.
 pub fn open_read(path: &Path) -> BackendResult<Connection> {
-    use rusqlite::OpenFlags;
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY
