@@ -272,23 +272,6 @@ impl GatheringFile {
     }
 }
 
-/// Flushes, then calls the default VFS's method `$m` on the inner file.
-macro_rules! flush_then {
-    ($file:expr, $m:ident ( $($arg:expr),* ), $missing:expr) => {{
-        // SAFETY: SQLite calls these methods only on files `open` set up.
-        let f = unsafe { GatheringFile::of($file) };
-        let rc = f.flush();
-        if rc != ffi::SQLITE_OK {
-            return rc;
-        }
-        match f.inner_methods().and_then(|m| m.$m) {
-            // SAFETY: forwarding SQLite's own arguments to the inner file.
-            Some(method) => unsafe { method(f.inner, $($arg),*) },
-            None => $missing,
-        }
-    }};
-}
-
 /// Calls the default VFS's method `$m` on the inner file.
 macro_rules! forward {
     ($file:expr, $m:ident ( $($arg:expr),* ), $missing:expr) => {{
@@ -299,6 +282,19 @@ macro_rules! forward {
             Some(method) => unsafe { method(f.inner, $($arg),*) },
             None => $missing,
         }
+    }};
+}
+
+/// Writes what is gathered, then `forward!`s: for every method that
+/// observes or changes the file.
+macro_rules! flush_then {
+    ($file:expr, $($call:tt)*) => {{
+        // SAFETY: SQLite calls these methods only on files `open` set up.
+        let rc = unsafe { GatheringFile::of($file) }.flush();
+        if rc != ffi::SQLITE_OK {
+            return rc;
+        }
+        forward!($file, $($call)*)
     }};
 }
 
