@@ -216,7 +216,7 @@ pub fn topic_table_sql(table: &str) -> String {
 
 /// Opens the write connection and creates the schema.
 pub fn open_write(path: &Path, role: Role, durability_full: bool) -> BackendResult<Connection> {
-    // One `pwrite` per commit for the WAL, not two per page (`wal_writes`).
+    // WAL appends gathered into a few writes per commit (`wal_writes`).
     let conn = if super::wal_writes::register() {
         Connection::open_with_flags_and_vfs(
             path,

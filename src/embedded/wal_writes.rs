@@ -45,9 +45,9 @@ const GATHER_MAX: usize = 8 * 1024 * 1024;
 /// to 17 bits (`seekAndWriteFd`), so a longer one would be cut short.
 const WRITE_MAX: usize = 64 * 1024;
 
-static REGISTERED: OnceLock<bool> = OnceLock::new();
-/// SQLite's default VFS (`unix`), which opens and does everything.
-static DEFAULT: OnceLock<DefaultVfs> = OnceLock::new();
+/// SQLite's default VFS (`unix`), which opens and does everything, once
+/// ours is registered over it (`None` if it could not be).
+static DEFAULT: OnceLock<Option<DefaultVfs>> = OnceLock::new();
 
 struct DefaultVfs(*mut ffi::sqlite3_vfs);
 
@@ -59,27 +59,25 @@ unsafe impl Sync for DefaultVfs {}
 /// Registers the VFS (once); `false` if SQLite has no default VFS to wrap,
 /// in which case connections use the default one.
 pub fn register() -> bool {
-    *REGISTERED.get_or_init(register_once)
+    DEFAULT.get_or_init(register_once).is_some()
 }
 
-fn register_once() -> bool {
+fn register_once() -> Option<DefaultVfs> {
     // SAFETY: sqlite3_vfs_find and sqlite3_vfs_register are thread-safe
     // once SQLite is initialized (find initializes it); the registered
-    // struct is leaked, so it outlives every connection.
+    // struct is leaked, so it outlives every connection. No connection
+    // opens through it before `register` returned.
     unsafe {
         let default = ffi::sqlite3_vfs_find(std::ptr::null());
         if default.is_null() || (*default).xOpen.is_none() {
-            return false;
+            return None;
         }
         let ours = Box::leak(Box::new(*default));
         ours.szOsFile = (GATHERING_SIZE + (*default).szOsFile as usize) as c_int;
         ours.zName = VFS_NAME.as_ptr();
         ours.pNext = std::ptr::null_mut();
         ours.xOpen = Some(open);
-        if DEFAULT.set(DefaultVfs(default)).is_err() {
-            return false;
-        }
-        ffi::sqlite3_vfs_register(ours, 0) == ffi::SQLITE_OK
+        (ffi::sqlite3_vfs_register(ours, 0) == ffi::SQLITE_OK).then_some(DefaultVfs(default))
     }
 }
 
@@ -111,7 +109,7 @@ unsafe extern "C" fn open(
     flags: c_int,
     out_flags: *mut c_int,
 ) -> c_int {
-    let Some(default) = DEFAULT.get().map(|d| d.0) else {
+    let Some(default) = DEFAULT.get().and_then(Option::as_ref).map(|d| d.0) else {
         return ffi::SQLITE_CANTOPEN;
     };
     // SAFETY: `default` is the registered default VFS; `file` points to
