@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::seqs::{self, PairLookup, Planned, SeqCache};
@@ -74,6 +74,14 @@ impl SqliteStore {
         }
         Ok(stored)
     }
+}
+
+/// The seq cache, emptied first if the writer rolled back since its last
+/// use (it may hold numbers that never committed).
+fn valid_seqs<'a>(seqs: &'a Mutex<SeqCache>, writer: &Writer) -> MutexGuard<'a, SeqCache> {
+    let mut guard = seqs.lock();
+    guard.validate(writer.rollbacks());
+    guard
 }
 
 /// Saves a consumer's position in the transaction of what it applied.
@@ -715,11 +723,7 @@ impl Store for SqliteStore {
     /// cache (and if the cache started over, the writer commits first).
     async fn find_single_session(&self, a: u64, b: u64) -> BackendResult<Option<u64>> {
         let pair = seqs::pair(a, b);
-        let lookup = {
-            let mut seqs = self.seqs.lock();
-            seqs.validate(self.writer.rollbacks());
-            seqs.pair_session(pair)
-        };
+        let lookup = valid_seqs(&self.seqs, &self.writer).pair_session(pair);
         match lookup {
             PairLookup::Found(id) => return Ok(Some(id)),
             PairLookup::Committed => {}
@@ -757,11 +761,7 @@ impl Store for SqliteStore {
         records: Vec<SendRecord>,
         applied: AppliedPosition,
     ) -> BackendResult<Vec<StoredMessage>> {
-        let planned = {
-            let mut seqs = self.seqs.lock();
-            seqs.validate(self.writer.rollbacks());
-            seqs.plan(records, applied)
-        };
+        let planned = valid_seqs(&self.seqs, &self.writer).plan(records, applied);
         let records = match planned {
             Ok(planned) => {
                 metrics::counter!("herald_messages_numbered_total", "by" => "memory")
@@ -773,15 +773,13 @@ impl Store for SqliteStore {
         metrics::counter!("herald_messages_numbered_total", "by" => "writer")
             .increment(records.len() as u64);
         let (seqs, writer) = (self.seqs.clone(), self.writer.clone());
-        let stored = self
-            .write_applied(applied, move |c| {
-                let mut seqs = seqs.lock();
-                seqs.validate(writer.rollbacks());
-                store_batch(c, &mut seqs, records)
-            })
-            .await?;
-        self.seqs.lock().stored_through(applied);
-        Ok(stored)
+        self.write_applied(applied, move |c| {
+            let mut seqs = valid_seqs(&seqs, &writer);
+            let stored = store_batch(c, &mut seqs, records)?;
+            seqs.stored_through(applied);
+            Ok(stored)
+        })
+        .await
     }
 
     fn single_session_allocated(&self, session_id: u64, a: u64, b: u64) {
