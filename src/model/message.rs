@@ -198,11 +198,38 @@ pub struct AckRecord {
 /// What one ack-topic record carries: a single ack (a REST or `/app/ack`
 /// call waiting for its outcome), or the STOMP ACK frames of many users
 /// gathered for a few milliseconds: one append for hundreds of acks.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Written as the bare record or a JSON array of them.
+#[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
 pub enum AckEnvelope {
     Batch(Vec<AckRecord>),
     One(AckRecord),
+}
+
+/// Reads the two shapes by their first token. (`#[serde(untagged)]` would
+/// first copy the whole record into serde's generic `Content` tree, a
+/// string and a map per field of every ack in a batch, and then try each
+/// shape on the copy: the ack consumer's biggest allocator.)
+impl<'de> Deserialize<'de> for AckEnvelope {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::value::{MapAccessDeserializer, SeqAccessDeserializer};
+        use serde::de::{MapAccess, SeqAccess, Visitor};
+
+        struct Shape;
+        impl<'de> Visitor<'de> for Shape {
+            type Value = AckEnvelope;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an ack record or an array of them")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<AckEnvelope, A::Error> {
+                Vec::deserialize(SeqAccessDeserializer::new(seq)).map(AckEnvelope::Batch)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<AckEnvelope, A::Error> {
+                AckRecord::deserialize(MapAccessDeserializer::new(map)).map(AckEnvelope::One)
+            }
+        }
+        d.deserialize_any(Shape)
+    }
 }
 
 impl AckEnvelope {
@@ -306,5 +333,7 @@ mod tests {
         let read: AckEnvelope = serde_json::from_slice(&batch).unwrap();
         assert_eq!(read.into_records().len(), 2);
         assert!(serde_json::from_slice::<AckEnvelope>(b"{\"nope\":1}").is_err());
+        assert!(serde_json::from_slice::<AckEnvelope>(b"[{\"nope\":1}]").is_err());
+        assert!(serde_json::from_slice::<AckEnvelope>(b"7").is_err());
     }
 }
