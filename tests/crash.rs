@@ -1,6 +1,7 @@
 //! Durability: a message whose SendAck (or RECEIPT) went out survives a
-//! SIGKILL of the server, exactly once, with gap-free seqs, and idempotency
-//! on clientMessageId survives the crash too.
+//! SIGKILL of the server, and a documents commit that fails after its
+//! writes were pushed, exactly once, with gap-free seqs; idempotency on
+//! clientMessageId survives the crash too.
 
 mod common;
 
@@ -18,6 +19,8 @@ const SENDERS: usize = 3;
 const PER_SENDER: usize = 100;
 /// Kill once this many sends have been confirmed (of 300).
 const KILL_AFTER: usize = 150;
+/// The test hook of `src/embedded/wal_writes.rs` (`FAIL_WRITES_ENV`).
+const FAIL_WRITES_ENV: &str = "HERALD_TEST_FAIL_WAL_WRITES";
 
 #[derive(Default)]
 struct Confirmed {
@@ -69,14 +72,23 @@ fn record(f: &herald::stomp::Frame, s: usize, confirmed: &Mutex<Confirmed>, coun
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn receipted_messages_survive_sigkill_exactly_once() {
-    // Default durability (`full`).
-    let mut srv = TestServer::start_with(vec![
+/// Default durability (`full`), no send rate limit.
+fn server() -> TestServer {
+    TestServer::start_with(vec![
         ("HERALD_SEND_RATE_PER_SEC".into(), "100000".into()),
         ("HERALD_SEND_BURST".into(), "100000".into()),
-    ]);
-    let _log = srv.log_guard();
+    ])
+}
+
+/// The users of a run: senders write to a group they share with the
+/// recipient and to the recipient alone.
+struct Cast {
+    senders: Vec<TestUser>,
+    recipient: TestUser,
+    gid: String,
+}
+
+async fn cast(srv: &TestServer) -> Cast {
     let api = srv.api();
     let senders = api.new_users(SENDERS).await;
     let recipient = api.new_user().await;
@@ -86,20 +98,70 @@ async fn receipted_messages_survive_sigkill_exactly_once() {
         .create_group(&senders[0], &unique("crash"), &members)
         .await;
     let gid = g["groupId"].as_str().unwrap().to_string();
+    Cast {
+        senders,
+        recipient,
+        gid,
+    }
+}
 
+/// Sender tasks writing SENDs with receipts until their connection dies.
+struct Stream {
+    tasks: Vec<tokio::task::JoinHandle<usize>>,
+    confirmed: Arc<Mutex<Confirmed>>,
+    count: Arc<AtomicUsize>,
+    run: String,
+}
+
+/// What the senders wrote and had confirmed before the server went down.
+struct Outcome {
+    confirmed: Confirmed,
+    sent_per_sender: Vec<usize>,
+    run: String,
+}
+
+impl Stream {
+    fn confirmed_count(&self) -> usize {
+        self.count.load(Ordering::SeqCst)
+    }
+
+    async fn finish(self) -> Outcome {
+        let mut sent_per_sender = Vec::new();
+        for t in self.tasks {
+            sent_per_sender.push(t.await.expect("sender task panicked"));
+        }
+        let confirmed = Arc::try_unwrap(self.confirmed)
+            .ok()
+            .expect("tasks are done")
+            .into_inner();
+        Outcome {
+            confirmed,
+            sent_per_sender,
+            run: self.run,
+        }
+    }
+}
+
+/// Starts `SENDERS` tasks sending `per_sender` messages each, alternately to
+/// the group and to the recipient.
+async fn start_stream(srv: &TestServer, cast: &Cast, per_sender: usize) -> Stream {
     let confirmed = Arc::new(Mutex::new(Confirmed::default()));
     let count = Arc::new(AtomicUsize::new(0));
     let run = unique("x");
     let mut tasks = Vec::new();
-    for (s, u) in senders.iter().enumerate() {
+    for (s, u) in cast.senders.iter().enumerate() {
         let mut c = srv.stomp(&u.token).await;
         c.subscribe("/user/queue/ack", "ack", "auto").await;
         c.subscribe("/user/queue/errors", "err", "auto").await;
         let (confirmed, count) = (confirmed.clone(), count.clone());
-        let (gid, run, to) = (gid.clone(), run.clone(), recipient.user_id.clone());
+        let (gid, run, to) = (
+            cast.gid.clone(),
+            run.clone(),
+            cast.recipient.user_id.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut sent = 0usize;
-            'sending: for i in 0..PER_SENDER {
+            'sending: for i in 0..per_sender {
                 let cmid = format!("{run}-{s}-{i}");
                 let req = if i % 2 == 0 {
                     send_req_group(&gid, &format!("g {s} {i}"), &cmid)
@@ -142,46 +204,114 @@ async fn receipted_messages_survive_sigkill_exactly_once() {
             sent
         }));
     }
+    Stream {
+        tasks,
+        confirmed,
+        count,
+        run,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipted_messages_survive_sigkill_exactly_once() {
+    let mut srv = server();
+    let _log = srv.log_guard();
+    let cast = cast(&srv).await;
+    let stream = start_stream(&srv, &cast, PER_SENDER).await;
 
     // Kill mid-stream.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while count.load(Ordering::SeqCst) < KILL_AFTER {
+    while stream.confirmed_count() < KILL_AFTER {
         assert!(
             Instant::now() < deadline,
             "only {} sends confirmed in 30 s",
-            count.load(Ordering::SeqCst)
+            stream.confirmed_count()
         );
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     srv.kill_9();
-    let at_kill = count.load(Ordering::SeqCst);
-    let mut sent_per_sender = Vec::new();
-    for t in tasks {
-        sent_per_sender.push(t.await.expect("sender task panicked"));
-    }
-    let sent_total: usize = sent_per_sender.iter().sum();
-    let confirmed = Arc::try_unwrap(confirmed)
-        .ok()
-        .expect("tasks are done")
-        .into_inner();
-    let keys = confirmed.keys();
+    let at_kill = stream.confirmed_count();
+    let outcome = stream.finish().await;
+    let sent_total: usize = outcome.sent_per_sender.iter().sum();
+    let confirmed = outcome.confirmed.keys().len();
     eprintln!(
-        "crash test: {sent_total} SENDs written, {at_kill} confirmed at the kill, {} confirmed in total",
-        keys.len()
+        "crash test: {sent_total} SENDs written, {at_kill} confirmed at the kill, {confirmed} confirmed in total"
     );
-    assert!(keys.len() >= KILL_AFTER);
+    assert!(confirmed >= KILL_AFTER);
     assert!(
-        keys.len() < SENDERS * PER_SENDER,
-        "the kill must interrupt the stream (all {} were confirmed first); \
-         raise the load or lower KILL_AFTER",
-        keys.len()
+        confirmed < SENDERS * PER_SENDER,
+        "the kill must interrupt the stream (all {confirmed} were confirmed first); \
+         raise the load or lower KILL_AFTER"
     );
 
     srv.restart();
+    assert_nothing_confirmed_was_lost(&srv, &cast, outcome).await;
+}
+
+/// A documents commit failing after the consumer pushed its messages
+/// (`writer::lost_released_writes`): the process must stop rather than
+/// serve on without them, and its restart stores them again from the
+/// session topic, under the numbers they were pushed with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_documents_commit_exits_and_the_restart_stores_what_it_held() {
+    let mut srv = server();
+    let _log = srv.log_guard();
+    let cast = cast(&srv).await;
+    // From the next start on, the documents WAL takes five commits and
+    // then fails every write (~0.1 s of streaming at 20 ms per commit).
+    srv.set_env(FAIL_WRITES_ENV, Some("herald.db-wal:5"));
+    srv.restart();
+    // Long enough a stream that the failure comes first.
+    let per_sender = 10 * PER_SENDER;
+    let stream = start_stream(&srv, &cast, per_sender).await;
+    let status = srv.wait_for_exit(Duration::from_secs(30));
+    assert_eq!(
+        status.code(),
+        Some(74),
+        "a failed commit of pushed messages must exit with 74, got {status}\n{}",
+        srv.log_tail(20)
+    );
+    assert!(
+        srv.log_tail(200)
+            .contains("exiting so that a restart replays them"),
+        "the exit must say why\n{}",
+        srv.log_tail(20)
+    );
+    let outcome = stream.finish().await;
+    let confirmed = outcome.confirmed.keys().len();
+    let sent_total: usize = outcome.sent_per_sender.iter().sum();
+    eprintln!("failed-commit test: {sent_total} SENDs written, {confirmed} confirmed");
+    assert!(confirmed > 0, "nothing was confirmed before the failure");
+    assert!(
+        confirmed < SENDERS * per_sender,
+        "the failure must interrupt the stream"
+    );
+
+    srv.set_env(FAIL_WRITES_ENV, None);
+    srv.restart();
+    assert_nothing_confirmed_was_lost(&srv, &cast, outcome).await;
+}
+
+/// After a restart: every confirmed send is stored exactly once for the
+/// recipient and in its sender's inbox, under the id its SendAck gave,
+/// with gap-free `seq`s and `inboxSeq`s; resending anything written gives
+/// the original back; and new messages continue the numbering.
+async fn assert_nothing_confirmed_was_lost(srv: &TestServer, cast: &Cast, outcome: Outcome) {
+    let Cast {
+        senders,
+        recipient,
+        gid,
+    } = cast;
+    let Outcome {
+        confirmed,
+        sent_per_sender,
+        run,
+    } = outcome;
+    let keys = confirmed.keys();
     let api = srv.api();
 
     // The recipient sees every message of every session it is in.
-    let inbox = api.sync_all(&recipient).await;
+    let inbox = api.sync_all(recipient).await;
     let sender_index: HashMap<&str, usize> = senders
         .iter()
         .enumerate()
@@ -278,7 +408,7 @@ async fn receipted_messages_survive_sigkill_exactly_once() {
     // may create a second message.
     let req_for = |s: usize, i: usize, cmid: &str| {
         if i % 2 == 0 {
-            send_req_group(&gid, &format!("g {s} {i}"), cmid)
+            send_req_group(gid, &format!("g {s} {i}"), cmid)
         } else {
             send_req_user(&recipient.user_id, &format!("u {s} {i}"), cmid)
         }
@@ -324,11 +454,9 @@ async fn receipted_messages_survive_sigkill_exactly_once() {
 
     // Everything written is now stored exactly once, seqs still gap-free,
     // and a brand-new message continues the group's seq.
-    let fresh = api
-        .send_to_group(&senders[0], &gid, "after the crash")
-        .await;
+    let fresh = api.send_to_group(&senders[0], gid, "after the crash").await;
     let after = api
-        .wait_visible(&recipient, fresh["messageId"].as_str().unwrap())
+        .wait_visible(recipient, fresh["messageId"].as_str().unwrap())
         .await;
     for mid in resent.values() {
         assert!(

@@ -45,6 +45,13 @@ const GATHER_MAX: usize = 8 * 1024 * 1024;
 /// to 17 bits (`seekAndWriteFd`), so a longer one would be cut short.
 const WRITE_MAX: usize = 64 * 1024;
 
+/// Test hook: `HERALD_TEST_FAIL_WAL_WRITES=<name suffix>:<n>` lets each
+/// WAL file whose name ends with the suffix take `n` commits, then fails
+/// every write to it, as a full disk or a failing device would. This is how
+/// the tests reach the paths that must stop the process rather than serve
+/// on without what it announced (`writer::lost_released_writes`).
+const FAIL_WRITES_ENV: &str = "HERALD_TEST_FAIL_WAL_WRITES";
+
 /// SQLite's default VFS (`unix`), which opens and does everything, once
 /// ours is registered over it (`None` if it could not be).
 static DEFAULT: OnceLock<Option<DefaultVfs>> = OnceLock::new();
@@ -96,6 +103,9 @@ struct GatheringFile {
     /// Where the last commit ended, while only an append may be gathered
     /// again (see the module comment).
     after_commit: Option<i64>,
+    /// Commits this file may still take before every write to it fails
+    /// (`FAIL_WRITES_ENV`); `None` without the hook.
+    commits_left: Option<u64>,
 }
 
 /// `GatheringFile` rounded up so the default VFS's file that follows it is
@@ -147,9 +157,41 @@ unsafe extern "C" fn open(
             start: 0,
             commit_next: false,
             after_commit: None,
+            commits_left: commits_before_failure(name),
         });
         ffi::SQLITE_OK
     }
+}
+
+/// The commits a WAL file named `name` may take before its writes fail,
+/// if `FAIL_WRITES_ENV` names it.
+fn commits_before_failure(name: ffi::sqlite3_filename) -> Option<u64> {
+    static HOOK: OnceLock<Option<(String, u64)>> = OnceLock::new();
+    let (suffix, commits) = HOOK
+        .get_or_init(|| {
+            let raw = std::env::var(FAIL_WRITES_ENV).ok()?;
+            let parsed = raw
+                .rsplit_once(':')
+                .and_then(|(suffix, n)| Some((suffix.to_string(), n.parse().ok()?)));
+            match &parsed {
+                Some((suffix, n)) => tracing::warn!(
+                    suffix,
+                    commits = n,
+                    "test hook {FAIL_WRITES_ENV}: WAL writes will fail"
+                ),
+                None => tracing::warn!("ignoring {FAIL_WRITES_ENV}={raw:?}: not <name suffix>:<n>"),
+            }
+            parsed
+        })
+        .as_ref()?;
+    if name.is_null() {
+        return None;
+    }
+    // SAFETY: SQLite passes a WAL file's name as a NUL-terminated path.
+    let name = unsafe { CStr::from_ptr(name) };
+    name.to_bytes()
+        .ends_with(suffix.as_bytes())
+        .then_some(*commits)
 }
 
 /// The default VFS's methods of an open file.
@@ -204,6 +246,9 @@ impl GatheringFile {
         let Some(write) = self.inner_methods().and_then(|m| m.xWrite) else {
             return ffi::SQLITE_IOERR_WRITE;
         };
+        if self.commits_left == Some(0) {
+            return ffi::SQLITE_IOERR_WRITE;
+        }
         let mut at = offset;
         for piece in data.chunks(WRITE_MAX) {
             // SAFETY: `piece` is valid for its length (< WRITE_MAX, so it
@@ -261,6 +306,9 @@ impl GatheringFile {
             let end = offset + data.len() as i64;
             let rc = self.flush();
             self.after_commit = Some(end);
+            if let (ffi::SQLITE_OK, Some(left)) = (rc, self.commits_left.as_mut()) {
+                *left = left.saturating_sub(1);
+            }
             rc
         } else if self.pending.len() >= GATHER_MAX {
             self.flush()

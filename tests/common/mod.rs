@@ -351,6 +351,34 @@ impl TestServer {
         self.spawn();
     }
 
+    /// Sets (`Some`) or removes (`None`) an environment variable of the
+    /// server's next start (`restart`).
+    pub fn set_env(&mut self, key: &str, value: Option<&str>) {
+        self.env.retain(|(k, _)| k != key);
+        if let Some(v) = value {
+            self.env.push((key.to_string(), v.to_string()));
+        }
+    }
+
+    /// Waits until the server exits by itself; panics after `within`.
+    pub fn wait_for_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        let child = self.child.as_mut().expect("server is not running");
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                self.kill_watchdog();
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server did not exit within {within:?}\n{}",
+                self.log_tail(40)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn is_running(&mut self) -> bool {
         match self.child.as_mut() {
             Some(c) => matches!(c.try_wait(), Ok(None)),
