@@ -512,3 +512,95 @@ async fn assert_nothing_confirmed_was_lost(srv: &TestServer, cast: &Cast, outcom
     );
     c.disconnect().await;
 }
+
+/// A topics disk that fails: every send is refused with a clear
+/// `unavailable` (503 over REST, an error on `/user/queue/errors` over
+/// STOMP, the connection kept), nothing hangs, the server keeps serving
+/// reads, and every send confirmed before the failure is delivered and,
+/// after a restart, stored exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_topics_disk_refuses_sends_and_keeps_what_it_confirmed() {
+    let mut srv = server();
+    let _log = srv.log_guard();
+    let cast = cast(&srv).await;
+    srv.set_env(FAIL_WRITES_ENV, Some("topics.db-wal:10"));
+    srv.restart();
+    let api = srv.api();
+    let (sender, recipient) = (&cast.senders[0], &cast.recipient);
+    let run = unique("t");
+    let mut confirmed = Vec::new();
+    let refused = loop {
+        assert!(confirmed.len() < 200, "the topics never failed");
+        let cmid = format!("{run}-{}", confirmed.len());
+        let r = tokio::time::timeout(
+            Duration::from_secs(10),
+            api.send(sender, &send_req_user(&recipient.user_id, "t", &cmid)),
+        )
+        .await
+        .expect("a send must be answered, not hang");
+        if r.status != 202 {
+            break r;
+        }
+        confirmed.push(assert_send_ack(&r.body, &cmid));
+    };
+    eprintln!(
+        "failing-topics test: {} sends confirmed before the failure",
+        confirmed.len()
+    );
+    refused.expect_error(503, "unavailable", "send while the topics fail");
+    assert!(
+        !confirmed.is_empty(),
+        "no send was confirmed before the failure"
+    );
+
+    // Over STOMP: an error to the sender, and the connection stays open.
+    let mut c = srv.stomp(&sender.token).await;
+    c.subscribe("/user/queue/errors", "err", "auto").await;
+    let cmid = format!("{run}-stomp");
+    c.send_json(
+        "/app/send",
+        &send_req_user(&recipient.user_id, "t", &cmid),
+        None,
+    )
+    .await;
+    let err = c.recv_json_on("err", Duration::from_secs(10)).await;
+    assert_eq!(err["code"].as_str(), Some("unavailable"), "{err}");
+    assert_eq!(
+        err["clientMessageId"].as_str(),
+        Some(cmid.as_str()),
+        "{err}"
+    );
+
+    // Reads still work, and what was confirmed is delivered.
+    let last = confirmed.last().unwrap();
+    let inbox = api.wait_visible(recipient, last).await;
+    for mid in &confirmed {
+        assert!(
+            inbox.iter().any(|m| m["messageId"].as_str() == Some(mid)),
+            "confirmed {mid} not delivered while the topics fail"
+        );
+    }
+    assert!(
+        srv.is_running(),
+        "a failing topics disk must not stop the server"
+    );
+
+    srv.set_env(FAIL_WRITES_ENV, None);
+    srv.restart();
+    let api = srv.api();
+    let inbox = api.sync_all(recipient).await;
+    let ids: Vec<&str> = inbox
+        .iter()
+        .filter_map(|m| m["messageId"].as_str())
+        .collect();
+    assert_eq!(
+        ids, confirmed,
+        "exactly the confirmed sends, once, in order"
+    );
+    // The refused ones were not stored: sending them again creates them.
+    let again = api
+        .send(sender, &send_req_user(&recipient.user_id, "t", &cmid))
+        .await;
+    let mid = assert_send_ack(again.expect(202, "resend after the failure"), &cmid);
+    assert!(!confirmed.contains(&mid));
+}
