@@ -264,7 +264,7 @@ async fn a_failed_documents_commit_exits_and_the_restart_stores_what_it_held() {
     // Long enough a stream that the failure comes first.
     let per_sender = 10 * PER_SENDER;
     let stream = start_stream(&srv, &cast, per_sender).await;
-    let status = srv.wait_for_exit(Duration::from_secs(30));
+    let status = srv.wait_for_exit(Duration::from_secs(30)).await;
     assert_eq!(
         status.code(),
         Some(74),
@@ -570,6 +570,8 @@ async fn a_failing_topics_disk_refuses_sends_and_keeps_what_it_confirmed() {
         Some(cmid.as_str()),
         "{err}"
     );
+    // Still open and answering: the UNSUBSCRIBE gets its RECEIPT.
+    c.unsubscribe("err").await;
 
     // Reads still work, and what was confirmed is delivered.
     let last = confirmed.last().unwrap();

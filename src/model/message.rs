@@ -329,9 +329,14 @@ mod tests {
         let records = read.into_records();
         assert_eq!(records.len(), 1);
         assert_eq!(records[0].reply_token, Some(9));
-        let batch = serde_json::to_vec(&AckEnvelope::Batch(vec![one.clone(), one])).unwrap();
+        let batch =
+            serde_json::to_vec(&AckEnvelope::Batch(vec![one.clone(), one.clone()])).unwrap();
         let read: AckEnvelope = serde_json::from_slice(&batch).unwrap();
-        assert_eq!(read.into_records().len(), 2);
+        let records = read.into_records();
+        assert_eq!(records.len(), 2);
+        assert!(records
+            .iter()
+            .all(|r| r.user_id == 3 && r.command == one.command && r.reply_token == Some(9)));
         assert!(serde_json::from_slice::<AckEnvelope>(b"{\"nope\":1}").is_err());
         assert!(serde_json::from_slice::<AckEnvelope>(b"[{\"nope\":1}]").is_err());
         assert!(serde_json::from_slice::<AckEnvelope>(b"7").is_err());

@@ -361,10 +361,11 @@ impl TestServer {
     }
 
     /// Waits until the server exits by itself; panics after `within`.
-    pub fn wait_for_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+    /// Async: the test's own tasks (clients of the server) go on meanwhile.
+    pub async fn wait_for_exit(&mut self, within: Duration) -> std::process::ExitStatus {
         let deadline = Instant::now() + within;
-        let child = self.child.as_mut().expect("server is not running");
         loop {
+            let child = self.child.as_mut().expect("server is not running");
             if let Ok(Some(status)) = child.try_wait() {
                 self.child = None;
                 self.kill_watchdog();
@@ -375,7 +376,7 @@ impl TestServer {
                 "the server did not exit within {within:?}\n{}",
                 self.log_tail(40)
             );
-            std::thread::sleep(Duration::from_millis(20));
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
