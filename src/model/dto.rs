@@ -139,6 +139,9 @@ pub struct SendAck {
     pub status: String,
 }
 
+// The field order is part of the push path: `MessageVoTemplate` needs
+// `inboxSeq` before any text a user wrote and `status` last (its test
+// fails otherwise). (Not a doc comment: those go into openapi.yaml.)
 /// A message as one user sees it.
 #[derive(Debug, Clone, Object, Serialize)]
 #[oai(rename_all = "camelCase")]
