@@ -275,6 +275,15 @@ async fn group_fan_out_reaches_every_online_member() {
     let others: Vec<&TestUser> = users.iter().skip(1).collect();
     let g = api.create_group(owner, &unique("fan"), &others).await;
     let gid = g["groupId"].as_str().unwrap();
+    // Member n first gets n direct messages while offline, so each member's
+    // pushes must carry its own inboxSeq (n + 1, n + 2, ...), not a shared one.
+    let outsider = api.new_user().await;
+    for (n, u) in users.iter().enumerate() {
+        for k in 0..n {
+            api.send_to_user(&outsider, &u.user_id, &format!("before {k}"))
+                .await;
+        }
+    }
     let mut conns = Vec::new();
     for u in &users {
         let mut c = srv.stomp(&u.token).await;
@@ -292,6 +301,7 @@ async fn group_fan_out_reaches_every_online_member() {
             assert_eq!(f.header("message-id"), Some(mid.as_str()), "member {n}");
             let v = body_json(&f);
             assert_eq!(v["seq"], json!(i as i64 + 1));
+            assert_eq!(v["inboxSeq"], json!((n + i) as i64 + 1), "member {n}");
             assert_eq!(v["sessionType"], json!("group"));
             let want = if n == 0 { "read" } else { "pending" };
             assert_eq!(v["status"], json!(want), "member {n}: {v}");
