@@ -331,10 +331,12 @@ pub fn validation_message(errors: &validator::ValidationErrors) -> String {
 /// 1,000 `MessageVo`s (a dozen strings each) and 1,000 serializations,
 /// all on the listener task the last member's push waits behind.
 pub struct MessageVoTemplate {
-    /// Up to and including `"inboxSeq":`.
-    head: Vec<u8>,
-    /// From the comma after `inboxSeq`'s value up to and including `"status":`.
-    middle: Vec<u8>,
+    /// The message serialized with `inboxSeq` 0 and `status` "".
+    json: Vec<u8>,
+    /// Where the `0` of `inboxSeq` is (the head ends before it).
+    seq_value_at: usize,
+    /// Where the `""}` of `status` starts (the middle ends before it).
+    status_value_at: usize,
 }
 
 impl MessageVoTemplate {
@@ -343,28 +345,31 @@ impl MessageVoTemplate {
     /// text a user wrote and `status` is the last field (held by a test).
     pub fn new(doc: &MessageDoc) -> Option<MessageVoTemplate> {
         const SEQ: &[u8] = b"\"inboxSeq\":0,";
-        const STATUS: &[u8] = b"\"status\":\"\"}";
+        const STATUS_END: &[u8] = b"\"status\":\"\"}";
         let json = serde_json::to_vec(&MessageVo::new(doc, 0, "")).ok()?;
-        let seq_at = json.windows(SEQ.len()).position(|w| w == SEQ)?;
-        let value_at = seq_at + SEQ.len() - 2;
-        if !json.ends_with(STATUS) || json.len() - STATUS.len() < value_at + 1 {
+        let seq_value_at = json.windows(SEQ.len()).position(|w| w == SEQ)? + SEQ.len() - 2;
+        // `status` must close the object, after `inboxSeq`'s value.
+        if !json.ends_with(STATUS_END) || json.len() < seq_value_at + 1 + STATUS_END.len() {
             return None;
         }
         let status_value_at = json.len() - 3;
         Some(MessageVoTemplate {
-            head: json[..value_at].to_vec(),
-            middle: json[value_at + 1..status_value_at].to_vec(),
+            json,
+            seq_value_at,
+            status_value_at,
         })
     }
 
     /// The body for a recipient whose entry is `inbox_seq` with `status`:
     /// byte for byte `serde_json::to_vec(&MessageVo::new(doc, inbox_seq, status))`.
     pub fn body(&self, inbox_seq: i64, status: &str) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.head.len() + self.middle.len() + 40);
-        out.extend_from_slice(&self.head);
+        let head = &self.json[..self.seq_value_at];
+        let middle = &self.json[self.seq_value_at + 1..self.status_value_at];
+        let mut out = Vec::with_capacity(head.len() + middle.len() + 40);
+        out.extend_from_slice(head);
         // Writing into a Vec cannot fail; an i64 and a &str always serialize.
         let _ = serde_json::to_writer(&mut out, &inbox_seq);
-        out.extend_from_slice(&self.middle);
+        out.extend_from_slice(middle);
         let _ = serde_json::to_writer(&mut out, status);
         out.push(b'}');
         out
