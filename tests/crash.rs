@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
+use herald::embedded::FAIL_WRITES_ENV;
 use herald::stomp::Command;
 use parking_lot::Mutex;
 use serde_json::Value;
@@ -19,8 +20,6 @@ const SENDERS: usize = 3;
 const PER_SENDER: usize = 100;
 /// Kill once this many sends have been confirmed (of 300).
 const KILL_AFTER: usize = 150;
-/// The test hook of `src/embedded/wal_writes.rs` (`FAIL_WRITES_ENV`).
-const FAIL_WRITES_ENV: &str = "HERALD_TEST_FAIL_WAL_WRITES";
 
 #[derive(Default)]
 struct Confirmed {
@@ -599,10 +598,19 @@ async fn a_failing_topics_disk_refuses_sends_and_keeps_what_it_confirmed() {
         ids, confirmed,
         "exactly the confirmed sends, once, in order"
     );
-    // The refused ones were not stored: sending them again creates them.
+    // The refused ones were not stored: sending them again creates them,
+    // after everything confirmed.
     let again = api
         .send(sender, &send_req_user(&recipient.user_id, "t", &cmid))
         .await;
     let mid = assert_send_ack(again.expect(202, "resend after the failure"), &cmid);
     assert!(!confirmed.contains(&mid));
+    let inbox = api.wait_visible(recipient, &mid).await;
+    let ids: Vec<&str> = inbox
+        .iter()
+        .filter_map(|m| m["messageId"].as_str())
+        .collect();
+    let mut want: Vec<&str> = confirmed.iter().map(String::as_str).collect();
+    want.push(&mid);
+    assert_eq!(ids, want, "the resend is one new message, last");
 }

@@ -21,6 +21,7 @@ pub use checkpointer::DurablePositions;
 pub use reader::ReadPool;
 pub use store::SqliteStore;
 pub use topic::SqliteTopic;
+pub use wal_writes::FAIL_WRITES_ENV;
 pub use writer::Writer;
 
 use std::path::Path;

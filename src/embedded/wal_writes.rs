@@ -49,8 +49,9 @@ const WRITE_MAX: usize = 64 * 1024;
 /// WAL file whose name ends with the suffix take `n` commits, then fails
 /// every write to it, as a full disk or a failing device would. This is how
 /// the tests reach the paths that must stop the process rather than serve
-/// on without what it announced (`writer::lost_released_writes`).
-const FAIL_WRITES_ENV: &str = "HERALD_TEST_FAIL_WAL_WRITES";
+/// on without what it announced (`writer::lost_released_writes`); the
+/// tests name it by this constant.
+pub const FAIL_WRITES_ENV: &str = "HERALD_TEST_FAIL_WAL_WRITES";
 
 /// SQLite's default VFS (`unix`), which opens and does everything, once
 /// ours is registered over it (`None` if it could not be).
