@@ -15,7 +15,9 @@
 #             generator on stomp.js (Node >= 20; `npm ci` there when needed)
 #   find-max  the same, the rate raised by STEP from START_RATE every
 #             STEP_DURATION s until p99 > P99_MS, delivery < 99.5% of
-#             offered, or loss (the headline: the highest good rate)
+#             offered, or loss, then REFINE steps bisecting the gap between
+#             the last good and the failed rate (the headline: the highest
+#             good rate)
 #   fanout    a group of FANOUT_MEMBERS online members, FANOUT_RATE msg/s
 #             (RabbitMQ: a durable topic subscription per member)
 #   sync      SYNC_MESSAGES offline messages pulled over REST (Herald only)
@@ -48,7 +50,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
-KNOB_NAMES=(ROUNDS SERVERS SCENARIOS CLIENTS START_RATE STEP STEP_DURATION P99_MS MAX_STEPS
+KNOB_NAMES=(ROUNDS SERVERS SCENARIOS CLIENTS START_RATE STEP STEP_DURATION P99_MS MAX_STEPS REFINE
     FIXED_RATE FIXED_DURATION FANOUT_MEMBERS FANOUT_RATE FANOUT_DURATION SYNC_MESSAGES
     IDLE_CONNECTIONS IDLE_CONNS_PER_USER IDLE_SETTLE GEN_THREADS HERALD_PORT RABBIT_URL
     RABBIT_VHOST RABBITMQ_RESTART QUIET_PCT QUIET_TIMEOUT SKIP_BUILD BEFORE)
@@ -71,6 +73,7 @@ STEP=${STEP:-1.25}
 STEP_DURATION=${STEP_DURATION:-10}
 P99_MS=${P99_MS:-50}
 MAX_STEPS=${MAX_STEPS:-40}
+REFINE=${REFINE:-2}
 FIXED_RATE=${FIXED_RATE:-2500}
 FIXED_DURATION=${FIXED_DURATION:-20}
 FANOUT_MEMBERS=${FANOUT_MEMBERS:-1000}
@@ -500,7 +503,7 @@ herald_turn() {
     if has "$SCENARIOS" find-max; then
         herald_case "$dir" find-max find-max --clients "$CLIENTS" --start-rate "$START_RATE" \
             --step "$STEP" --step-duration "$STEP_DURATION" --p99-ms "$P99_MS" \
-            --max-steps "$MAX_STEPS"
+            --max-steps "$MAX_STEPS" --refine "$REFINE"
     fi
     if has "$SCENARIOS" fanout; then
         herald_case "$dir" fanout fanout --members "$FANOUT_MEMBERS" --rate "$FANOUT_RATE" \
@@ -547,7 +550,7 @@ rabbit_turn() {
     if has "$SCENARIOS" find-max; then
         rabbit_case find-max --queue-prefix fm- find-max --clients "$CLIENTS" \
             --start-rate "$START_RATE" --step "$STEP" --step-duration "$STEP_DURATION" \
-            --p99-ms "$P99_MS" --max-steps "$MAX_STEPS"
+            --p99-ms "$P99_MS" --max-steps "$MAX_STEPS" --refine "$REFINE"
     fi
     if has "$SCENARIOS" fanout; then
         rabbit_case fanout --queue-prefix fo- fanout --members "$FANOUT_MEMBERS" \
@@ -615,7 +618,7 @@ print(json.dumps(dict(zip(a[0::2], a[1::2]))))' \
         rabbitmq_data_fs "$RABBIT_FS" \
         ROUNDS "$ROUNDS" SERVERS "$SERVERS" SCENARIOS "$SCENARIOS" CLIENTS "$CLIENTS" \
         START_RATE "$START_RATE" STEP "$STEP" STEP_DURATION "$STEP_DURATION" \
-        P99_MS "$P99_MS" MAX_STEPS "$MAX_STEPS" FIXED_RATE "$FIXED_RATE" \
+        P99_MS "$P99_MS" MAX_STEPS "$MAX_STEPS" REFINE "$REFINE" FIXED_RATE "$FIXED_RATE" \
         FIXED_DURATION "$FIXED_DURATION" FANOUT_MEMBERS "$FANOUT_MEMBERS" \
         FANOUT_RATE "$FANOUT_RATE" FANOUT_DURATION "$FANOUT_DURATION" \
         SYNC_MESSAGES "$SYNC_MESSAGES" IDLE_CONNECTIONS "$IDLE_CONNECTIONS" \

@@ -221,15 +221,26 @@ fn bench_find_max() {
         ],
     );
     let (head, steps) = lines.split_last().expect("at least the headline");
+    // Two climbing steps, or fewer if one fails: then up to two (the
+    // default `--refine`) bisecting it with the last good rate.
     assert!(
-        (1..=2).contains(&steps.len()),
+        (1..=4).contains(&steps.len()),
         "one line per step, then the headline: {lines:?}"
     );
     let mut best = 0.0;
+    let mut first_failed: Option<f64> = None;
     for (i, s) in steps.iter().enumerate() {
         check_common(s, "find-max", 20);
         assert_eq!(u(s, "step"), i as u64 + 1, "{s}");
-        assert_eq!(f(s, "offered_rate"), 100.0 * 2f64.powi(i as i32), "{s}");
+        let rate = f(s, "offered_rate");
+        let refining = s["refine"]
+            .as_bool()
+            .unwrap_or_else(|| panic!("refine: {s}"));
+        assert_eq!(refining, first_failed.is_some(), "{s}");
+        match first_failed {
+            None => assert_eq!(rate, 100.0 * 2f64.powi(i as i32), "{s}"),
+            Some(failed) => assert!(best < rate && rate < failed, "bisects: {s}"),
+        }
         let sent = u(s, "sent");
         assert!(sent > 0, "{s}");
         assert_eq!(u(s, "received"), sent, "{s}");
@@ -238,15 +249,11 @@ fn bench_find_max() {
         check_latency(s);
         let good = s["good"].as_bool().unwrap_or_else(|| panic!("good: {s}"));
         if good {
-            best = f(s, "offered_rate");
+            best = rate;
             assert!(s.get("failed").is_none(), "{s}");
         } else {
             assert!(s["failed"].is_string(), "a failed step says why: {s}");
-            assert_eq!(
-                i + 1,
-                steps.len(),
-                "find-max stops at the first failed step"
-            );
+            first_failed = Some(first_failed.map_or(rate, |f| f.min(rate)));
         }
     }
     assert_eq!(head["headline"], true, "{head}");

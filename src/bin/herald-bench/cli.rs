@@ -106,7 +106,8 @@ pub enum Scenario {
     /// C clients send at an aggregate rate R to random peers for D seconds.
     Rate(RateArgs),
     /// Raise the rate step by step on the same connections until p99, the
-    /// delivered ratio or loss fails; prints the highest good rate.
+    /// delivered ratio or loss fails, then bisect between the last good and
+    /// the failed rate; prints the highest good rate.
     FindMax(FindMaxArgs),
     /// N idle, authenticated, subscribed connections: server RSS per
     /// connection (needs --server-pid).
@@ -170,9 +171,15 @@ pub struct FindMaxArgs {
     /// Stop after this rate even if it is still good.
     #[arg(long)]
     pub max_rate: Option<f64>,
-    /// At most this many steps.
+    /// At most this many climbing steps.
     #[arg(long, default_value_t = 40)]
     pub max_steps: usize,
+    /// After the first failed step, this many more steps bisect the gap
+    /// between the highest good rate and the lowest failed one
+    /// (geometrically): the headline is then within step^(1/2^refine) of
+    /// the limit instead of within `step`.
+    #[arg(long, default_value_t = 2)]
+    pub refine: usize,
     /// Unmeasured warm-up at the start rate before the first step, seconds.
     #[arg(long, default_value_t = 2.0)]
     pub warmup: f64,

@@ -4,6 +4,7 @@
 pub mod fanout;
 pub mod idle;
 pub mod rate;
+pub mod search;
 pub mod sync;
 
 use std::process::ExitCode;
@@ -191,6 +192,28 @@ pub async fn drain(shared: &Shared, n_clients: usize, timeout: Duration) -> bool
             return false;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// After a drain that timed out: keeps waiting while the run's deliveries
+/// still arrive (until none came for `quiet`, or `limit`), so that a next
+/// run on the same connections does not start on the server's backlog.
+/// Returns whether everything arrived.
+pub async fn settle(shared: &Shared, quiet: Duration, limit: Duration) -> bool {
+    let start = Instant::now();
+    let (mut received, mut progress_at) = (shared.collector.lock().counts().received, start);
+    loop {
+        let c = shared.collector.lock().counts();
+        if c.received >= c.expected && c.warmup >= c.warmup_expected {
+            return true;
+        }
+        if c.received > received {
+            (received, progress_at) = (c.received, Instant::now());
+        }
+        if progress_at.elapsed() >= quiet || start.elapsed() >= limit {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

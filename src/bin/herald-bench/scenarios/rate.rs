@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 
-use super::{emit, exit_code, report, run_plan, Dest, Env, Plan};
+use super::search::{RateSearch, Stop};
+use super::{emit, exit_code, report, run_plan, settle, Dest, Env, Plan};
 use crate::cli::{FindMaxArgs, RateArgs, TargetKind};
 use crate::client::{connect_all, shutdown, Client, ConnectOpts, Identity, Routing, SubMode};
 use crate::stats::{r3, Report, RunSpec, Shared};
@@ -105,6 +106,61 @@ pub async fn run_rate(env: &Env, a: &RateArgs) -> Result<ExitCode> {
     Ok(exit_code(&shared))
 }
 
+/// How long find-max waits for a failed step's backlog before refining.
+const SETTLE_LIMIT: Duration = Duration::from_secs(60);
+const SETTLE_QUIET: Duration = Duration::from_secs(3);
+
+/// One find-max step at `rate`: its report, why it failed (empty if good),
+/// and whether later steps on the same connections still measure anything
+/// (no connection lost, nothing left in flight).
+async fn judged_step(
+    env: &Env,
+    a: &FindMaxArgs,
+    clients: &[Client],
+    shared: &Shared,
+    rate: f64,
+) -> (Report, Vec<String>, bool) {
+    let disconnects_before = shared.disconnect_count();
+    let spec = RunSpec::new(Instant::now() + LEAD, 0.0, a.step_duration, a.p99_ms);
+    let (drained, usage) = one_run(env, clients, shared, rate, spec).await;
+    let mut r = report("find-max", env, a.clients, rate, shared, usage);
+    r.extra("drained", drained);
+    let mut failures = Vec::new();
+    match r.p99_ms {
+        Some(p99) if p99 > a.p99_ms => failures.push(format!("p99 {p99} ms > {} ms", a.p99_ms)),
+        Some(_) => {}
+        None => failures.push("nothing delivered".to_string()),
+    }
+    let delivered = r.delivered_rate.unwrap_or(0.0);
+    if delivered < a.min_delivered * rate {
+        failures.push(format!(
+            "delivered {delivered} msg/s < {}% of offered",
+            a.min_delivered * 100.0
+        ));
+    }
+    if r.lost > 0 {
+        failures.push(format!("{} lost", r.lost));
+    }
+    let counts = shared.collector.lock().counts();
+    if counts.dropped > 0 {
+        failures.push(format!(
+            "{} not sent (connection queues full: the server is not reading)",
+            counts.dropped
+        ));
+    }
+    if counts.server_errors > 0 {
+        failures.push(format!("{} server errors", counts.server_errors));
+    }
+    let connections_lost = shared.disconnect_count() > disconnects_before;
+    if connections_lost {
+        failures.push("connections lost".to_string());
+    }
+    // An overloaded server may still be delivering: wait for it, else the
+    // next step would measure this one's backlog.
+    let caught_up = drained || settle(shared, SETTLE_QUIET, SETTLE_LIMIT).await;
+    (r, failures, caught_up && !connections_lost)
+}
+
 pub async fn run_find_max(env: &Env, a: &FindMaxArgs) -> Result<ExitCode> {
     check_args(a.start_rate, a.step_duration)?;
     if !(a.step > 1.0 && a.step.is_finite()) {
@@ -121,80 +177,65 @@ pub async fn run_find_max(env: &Env, a: &FindMaxArgs) -> Result<ExitCode> {
         let spec = RunSpec::new(Instant::now() + LEAD, a.warmup, 0.0, 0.0);
         one_run(env, &clients, &shared, a.start_rate, spec).await;
     }
-    let mut rate = a.start_rate;
+    let mut search = RateSearch::new(a.start_rate, a.step, a.max_steps, a.refine, a.max_rate);
     let mut best: Option<Report> = None;
-    let mut stop_reason = format!("{} steps done", a.max_steps);
-    let mut warned = per_client(rate) > 50.0;
-    for step in 1..=a.max_steps {
-        if let Some(max) = a.max_rate {
-            if rate > max * (1.0 + 1e-9) {
-                stop_reason = format!("--max-rate {max} reached");
-                break;
-            }
-        }
+    let mut first_failure: Option<String> = None;
+    let mut warned = per_client(a.start_rate) > 50.0;
+    let (mut step, mut refined) = (0, 0);
+    let stop = loop {
+        let rate = match search.next() {
+            Ok(rate) => rate,
+            Err(stop) => break stop,
+        };
+        step += 1;
         if !warned && per_client(rate) > 50.0 {
             env.warn_rate_limit(per_client(rate));
             warned = true;
         }
+        let refining = search.refining();
+        let phase = if refining { " (refining)" } else { "" };
         eprintln!(
-            "find-max step {step}: {rate:.0} msg/s for {} s",
+            "find-max step {step}{phase}: {rate:.0} msg/s for {} s",
             a.step_duration
         );
-        let disconnects_before = shared.disconnect_count();
-        let spec = RunSpec::new(Instant::now() + LEAD, 0.0, a.step_duration, a.p99_ms);
-        let (drained, usage) = one_run(env, &clients, &shared, rate, spec).await;
-        let mut r = report("find-max", env, a.clients, rate, &shared, usage);
-        let mut failures = Vec::new();
-        match r.p99_ms {
-            Some(p99) if p99 > a.p99_ms => failures.push(format!("p99 {p99} ms > {} ms", a.p99_ms)),
-            Some(_) => {}
-            None => failures.push("nothing delivered".to_string()),
-        }
-        let delivered = r.delivered_rate.unwrap_or(0.0);
-        if delivered < a.min_delivered * rate {
-            failures.push(format!(
-                "delivered {delivered} msg/s < {}% of offered",
-                a.min_delivered * 100.0
-            ));
-        }
-        if r.lost > 0 {
-            failures.push(format!("{} lost", r.lost));
-        }
-        let counts = shared.collector.lock().counts();
-        if counts.dropped > 0 {
-            failures.push(format!(
-                "{} not sent (connection queues full: the server is not reading)",
-                counts.dropped
-            ));
-        }
-        if counts.server_errors > 0 {
-            failures.push(format!("{} server errors", counts.server_errors));
-        }
-        if shared.disconnect_count() > disconnects_before {
-            failures.push("connections lost".to_string());
-        }
+        let (mut r, failures, usable) = judged_step(env, a, &clients, &shared, rate).await;
         let good = failures.is_empty();
         r.extra("step", step);
         r.extra("good", good);
-        r.extra("drained", drained);
+        r.extra("refine", refining);
+        refined += usize::from(refining);
         if !good {
             r.extra("failed", failures.join("; "));
         }
         emit(&r);
-        if !good {
-            stop_reason = failures.join("; ");
-            break;
+        search.record(rate, good);
+        if good {
+            // Above every good rate before it: refining only tries rates
+            // between the highest good one and the lowest failed one.
+            best = Some(r);
+        } else {
+            first_failure.get_or_insert_with(|| failures.join("; "));
         }
-        best = Some(r);
-        rate *= a.step;
-    }
+        if !usable {
+            search.stop_refining();
+        }
+    };
+    let stop_reason = match stop {
+        Stop::Steps(n) => format!("{n} steps done"),
+        Stop::MaxRate(max) => format!("--max-rate {max} reached"),
+        Stop::Failed if refined > 0 => format!(
+            "{}; then {refined} refining step(s) between the last good and the failed rate",
+            first_failure.unwrap_or_default()
+        ),
+        Stop::Failed => first_failure.unwrap_or_default(),
+    };
     let mut headline = best.clone().unwrap_or_else(|| Report {
         scenario: "find-max",
         target: env.target.name(),
         clients: a.clients,
         ..Report::default()
     });
-    let max_good = best.as_ref().and_then(|b| b.offered_rate).unwrap_or(0.0);
+    let max_good = search.best_good().unwrap_or(0.0);
     headline.extra("headline", true);
     headline.extra("max_good_rate", r3(max_good));
     headline.extra("p99_threshold_ms", a.p99_ms);
