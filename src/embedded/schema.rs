@@ -61,9 +61,10 @@ CREATE TABLE IF NOT EXISTS inbox(
     session_id INTEGER NOT NULL,
     seq INTEGER NOT NULL,
     status INTEGER NOT NULL,
+    -- 1 while status < 2; see `add_inbox_unread`.
+    unread INTEGER NOT NULL DEFAULT 1,
     PRIMARY KEY(user_id, inbox_seq)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS inbox_by_session ON inbox(user_id, session_id, seq);
-CREATE INDEX IF NOT EXISTS inbox_unread ON inbox(user_id, inbox_seq) WHERE status < 2;
 -- How far each topic consumer has applied its topic to these documents,
 -- written in the same transaction as what it applied.
 CREATE TABLE IF NOT EXISTS applied_positions(
@@ -252,7 +253,38 @@ pub fn open_write(path: &Path, role: Role, durability_full: bool) -> BackendResu
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.set_prepared_statement_cache_capacity(128);
     conn.execute_batch(role.schema())?;
+    if role == Role::Documents {
+        add_inbox_unread(&conn)?;
+    }
     Ok(conn)
+}
+
+/// The unread index's condition lives in a column of its own,
+/// `inbox.unread` (1 while `status < 2`), written only when an entry is
+/// read. An index whose `WHERE` reads `status` was rewritten by every
+/// pending -> delivered ack although the entry stays in it: a second page
+/// written per ack (of five per message and recipient). Databases made
+/// before the column get it filled from `status`, in one transaction.
+fn add_inbox_unread(conn: &Connection) -> BackendResult<()> {
+    let has_column: i64 = conn.query_row(
+        "SELECT count(*) FROM pragma_table_info('inbox') WHERE name = 'unread'",
+        [],
+        |r| r.get(0),
+    )?;
+    let tx = conn.unchecked_transaction()?;
+    if has_column == 0 {
+        tracing::info!("adding inbox.unread (one pass over the inbox)");
+        tx.execute_batch(
+            "ALTER TABLE inbox ADD COLUMN unread INTEGER NOT NULL DEFAULT 1;
+             UPDATE inbox SET unread = 0 WHERE status >= 2;",
+        )?;
+    }
+    tx.execute_batch(
+        "DROP INDEX IF EXISTS inbox_unread;
+         CREATE INDEX IF NOT EXISTS inbox_unread_entries ON inbox(user_id, inbox_seq) WHERE unread = 1;",
+    )?;
+    tx.commit()?;
+    Ok(())
 }
 
 /// Opens a read-only connection for queries.

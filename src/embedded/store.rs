@@ -299,7 +299,8 @@ fn insert_inbox_entries(
     entries: &[InboxRef],
 ) -> BackendResult<()> {
     let mut ins = c.prepare_cached(
-        "INSERT INTO inbox(user_id, inbox_seq, message_id, session_id, seq, status) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO inbox(user_id, inbox_seq, message_id, session_id, seq, status, unread) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?;
     for e in entries {
         ins.execute(params![
@@ -308,7 +309,8 @@ fn insert_inbox_entries(
             doc.message_id as i64,
             doc.session_id as i64,
             doc.seq,
-            e.status.code()
+            e.status.code(),
+            e.status.is_unread()
         ])?;
     }
     Ok(())
@@ -443,6 +445,19 @@ fn message_position(c: &Connection, message_id: u64) -> BackendResult<Option<(i6
     )
 }
 
+/// The UPDATE raising matching entries (`where_`, parameters from ?2) to
+/// `status` (?1). `unread` is only written by a raise to read: an update
+/// naming it rewrites the unread index's entry (see
+/// `schema::add_inbox_unread`).
+fn raise_status_sql(status: InboxStatus, where_: &str) -> String {
+    let set = if status.is_unread() {
+        "status = ?1"
+    } else {
+        "status = ?1, unread = 0"
+    };
+    format!("UPDATE inbox SET {set} WHERE {where_}")
+}
+
 fn apply_ack(c: &Connection, ack: &AckRecord) -> BackendResult<AckOutcome> {
     let mut out = AckOutcome::default();
     let user = ack.user_id as i64;
@@ -454,9 +469,10 @@ fn apply_ack(c: &Connection, ack: &AckRecord) -> BackendResult<AckOutcome> {
             let mut sel = c.prepare_cached(
                 "SELECT status FROM inbox WHERE user_id = ? AND session_id = ? AND seq = ?",
             )?;
-            let mut upd = c.prepare_cached(
-                "UPDATE inbox SET status = ? WHERE user_id = ? AND session_id = ? AND seq = ?",
-            )?;
+            let mut upd = c.prepare_cached(&raise_status_sql(
+                *status,
+                "user_id = ?2 AND session_id = ?3 AND seq = ?4",
+            ))?;
             for &mid in message_ids {
                 let Some((session, seq)) = message_position(c, mid)? else {
                     continue;
@@ -477,9 +493,10 @@ fn apply_ack(c: &Connection, ack: &AckRecord) -> BackendResult<AckOutcome> {
             let mut sel = c.prepare_cached(
                 "SELECT status FROM inbox WHERE user_id = ? AND inbox_seq = ? AND message_id = ?",
             )?;
-            let mut upd = c.prepare_cached(
-                "UPDATE inbox SET status = ? WHERE user_id = ? AND inbox_seq = ?",
-            )?;
+            let mut upd = c.prepare_cached(&raise_status_sql(
+                *status,
+                "user_id = ?2 AND inbox_seq = ?3",
+            ))?;
             for &(mid, inbox_seq) in entries {
                 let old = sel
                     .query_row(params![user, inbox_seq, mid as i64], |r| r.get::<_, i64>(0))
@@ -497,7 +514,7 @@ fn apply_ack(c: &Connection, ack: &AckRecord) -> BackendResult<AckOutcome> {
         } => {
             let up_to = up_to_seq.unwrap_or(i64::MAX);
             let mut sel = c.prepare_cached(
-                "SELECT message_id, status FROM inbox WHERE user_id = ? AND session_id = ? AND seq <= ? AND status < 2",
+                "SELECT message_id, status FROM inbox WHERE user_id = ? AND session_id = ? AND seq <= ? AND unread = 1",
             )?;
             let rows = sel.query_map(params![user, *session_id as i64, up_to], |r| {
                 Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)?))
@@ -510,7 +527,8 @@ fn apply_ack(c: &Connection, ack: &AckRecord) -> BackendResult<AckOutcome> {
                 }
             }
             c.prepare_cached(
-                "UPDATE inbox SET status = 2 WHERE user_id = ? AND session_id = ? AND seq <= ? AND status < 2",
+                "UPDATE inbox SET status = 2, unread = 0 \
+                 WHERE user_id = ? AND session_id = ? AND seq <= ? AND unread = 1",
             )?
             .execute(params![user, *session_id as i64, up_to])?;
         }
@@ -586,7 +604,7 @@ fn sessions_of(c: &Connection, user_id: u64) -> BackendResult<Vec<SessionSummary
     let mut unread: HashMap<u64, i64> = HashMap::new();
     {
         let mut st = c.prepare_cached(
-            "SELECT session_id, count(*) FROM inbox WHERE user_id = ? AND status < 2 GROUP BY session_id",
+            "SELECT session_id, count(*) FROM inbox WHERE user_id = ? AND unread = 1 GROUP BY session_id",
         )?;
         let rows = st.query_map([uid], |r| {
             Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)?))
@@ -883,11 +901,11 @@ impl Store for SqliteStore {
                 let uid = user_id as i64;
                 let page = inbox_query(
                     c,
-                    "WHERE i.user_id = ?1 AND i.status < 2 ORDER BY i.inbox_seq LIMIT ?2",
+                    "WHERE i.user_id = ?1 AND i.unread = 1 ORDER BY i.inbox_seq LIMIT ?2",
                     &[&uid, &(limit as i64)],
                 )?;
                 let total: i64 = c
-                    .prepare_cached("SELECT count(*) FROM inbox WHERE user_id = ? AND status < 2")?
+                    .prepare_cached("SELECT count(*) FROM inbox WHERE user_id = ? AND unread = 1")?
                     .query_row([uid], |r| r.get(0))?;
                 Ok((page, total))
             })

@@ -397,3 +397,129 @@ async fn a_new_pair_the_directory_named_is_numbered_from_memory() {
     assert_eq!((stray[0].doc.session_id, stray[0].doc.seq), (7, 2));
     assert!(store.session_info(12).await.unwrap().is_none());
 }
+
+/// Entries whose `unread` disagrees with their `status` in `herald.db`.
+fn unread_mismatches(dir: &Path) -> i64 {
+    Connection::open(dir.join("herald.db"))
+        .unwrap()
+        .query_row(
+            "SELECT count(*) FROM inbox WHERE unread != (status < 2)",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_unread_column_follows_every_status_change() {
+    use crate::model::{AckCommand, AckRecord, InboxStatus};
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path());
+    let store = SqliteStore::new(&db.documents);
+    let applied = |offset| AppliedPosition {
+        consumer: "a",
+        first: offset,
+        offset,
+    };
+    let records = (100..104).map(|m| chat(m, 7, 1, 2)).collect();
+    let stored = store.store_messages(records, applied(1)).await.unwrap();
+    let seq_of = |m: u64| {
+        stored
+            .iter()
+            .find(|s| s.doc.message_id == m)
+            .unwrap()
+            .doc
+            .seq
+    };
+    let ack = |command| AckRecord {
+        user_id: 2,
+        command,
+        reply_token: None,
+    };
+    store
+        .apply_acks(
+            vec![
+                // pending -> delivered, then delivered -> read.
+                ack(AckCommand::Messages {
+                    message_ids: vec![100, 101],
+                    status: InboxStatus::Delivered,
+                }),
+                ack(AckCommand::Messages {
+                    message_ids: vec![101],
+                    status: InboxStatus::Read,
+                }),
+                // pending -> read by a session read up to 102.
+                ack(AckCommand::SessionRead {
+                    session_id: 7,
+                    up_to_seq: Some(seq_of(102)),
+                }),
+            ],
+            applied(2),
+        )
+        .await
+        .unwrap();
+    // The reader sees what the writer committed (reads force the commit).
+    let (unread, total) = store.unread(2, 10).await.unwrap();
+    assert_eq!(total, 1, "only 103 is unread");
+    assert_eq!(unread.len(), 1);
+    assert_eq!(unread[0].doc.message_id, 103);
+    // The sender's own copies were stored read.
+    assert_eq!(store.unread(1, 10).await.unwrap().1, 0);
+    assert_eq!(unread_mismatches(dir.path()), 0);
+    // Unread counts still come from the (smaller) unread index.
+    let c = Connection::open(dir.path().join("herald.db")).unwrap();
+    let plan: Vec<String> = c
+        .prepare("EXPLAIN QUERY PLAN SELECT count(*) FROM inbox WHERE user_id = 2 AND unread = 1")
+        .unwrap()
+        .query_map([], |r| r.get(3))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(plan.concat().contains("inbox_unread_entries"), "{plan:?}");
+}
+
+#[tokio::test]
+async fn an_inbox_without_the_unread_column_gets_it_from_status() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let c = Connection::open(dir.path().join("herald.db")).unwrap();
+        c.execute_batch(
+            "CREATE TABLE inbox(user_id INTEGER NOT NULL, inbox_seq INTEGER NOT NULL,
+                 message_id INTEGER NOT NULL, session_id INTEGER NOT NULL,
+                 seq INTEGER NOT NULL, status INTEGER NOT NULL,
+                 PRIMARY KEY(user_id, inbox_seq)) WITHOUT ROWID;
+             CREATE INDEX inbox_unread ON inbox(user_id, inbox_seq) WHERE status < 2;
+             INSERT INTO inbox VALUES (2, 1, 100, 7, 1, 0), (2, 2, 101, 7, 2, 1),
+                 (2, 3, 102, 7, 3, 2), (1, 1, 100, 7, 1, 2);",
+        )
+        .unwrap();
+    }
+    drop(open(dir.path()));
+    assert_eq!(unread_mismatches(dir.path()), 0);
+    let c = Connection::open(dir.path().join("herald.db")).unwrap();
+    let unread: Vec<(i64, i64)> = c
+        .prepare("SELECT user_id, inbox_seq FROM inbox WHERE unread = 1 ORDER BY 1, 2")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(unread, vec![(2, 1), (2, 2)]);
+    let indexes: Vec<String> = c
+        .prepare(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'inbox' ORDER BY 1",
+        )
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(
+        indexes.contains(&"inbox_unread_entries".to_string()),
+        "{indexes:?}"
+    );
+    assert!(
+        !indexes.contains(&"inbox_unread".to_string()),
+        "{indexes:?}"
+    );
+}

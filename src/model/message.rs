@@ -61,6 +61,10 @@ impl InboxStatus {
     pub fn code(self) -> i64 {
         self as i64
     }
+    /// Counted as unread (pending or delivered).
+    pub fn is_unread(self) -> bool {
+        self != InboxStatus::Read
+    }
 }
 
 /// What the send controller publishes to the session topic: an accepted,
