@@ -19,6 +19,8 @@
 #             the last good and the failed rate (the headline: the highest
 #             good rate)
 #   fanout    a group of FANOUT_MEMBERS online members, FANOUT_RATE msg/s
+#             for FANOUT_DURATION s (30: with 10 s, 100 messages, the p99 was
+#             the slowest one or two messages and swung 66-153 ms by round)
 #             (RabbitMQ: a durable topic subscription per member)
 #   sync      SYNC_MESSAGES offline messages pulled over REST (Herald only)
 #   idle      IDLE_CONNECTIONS idle subscribed connections: server RSS per
@@ -78,7 +80,7 @@ FIXED_RATE=${FIXED_RATE:-2500}
 FIXED_DURATION=${FIXED_DURATION:-20}
 FANOUT_MEMBERS=${FANOUT_MEMBERS:-1000}
 FANOUT_RATE=${FANOUT_RATE:-10}
-FANOUT_DURATION=${FANOUT_DURATION:-10}
+FANOUT_DURATION=${FANOUT_DURATION:-30}
 SYNC_MESSAGES=${SYNC_MESSAGES:-10000}
 IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-10000}
 # Default: the idle connections spread over the CLIENTS users registered for
