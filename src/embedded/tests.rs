@@ -204,13 +204,8 @@ async fn stomp_acks_name_inbox_entries_and_only_raise_the_users_own() {
     let dir = tempfile::tempdir().unwrap();
     let db = open(dir.path());
     let store = SqliteStore::new(&db.documents);
-    let applied = |offset| AppliedPosition {
-        consumer: "a",
-        first: offset,
-        offset,
-    };
     let stored = store
-        .store_messages(vec![record(100)], applied(1))
+        .store_messages(vec![record(100)], batch(1, 1))
         .await
         .unwrap();
     let entry = |user| {
@@ -239,7 +234,7 @@ async fn stomp_acks_name_inbox_entries_and_only_raise_the_users_own() {
                 ack(2, vec![(100, entry(2))]),
                 ack(2, vec![(100, entry(2))]),
             ],
-            applied(2),
+            batch(2, 2),
         )
         .await
         .unwrap();
@@ -416,13 +411,8 @@ async fn the_unread_column_follows_every_status_change() {
     let dir = tempfile::tempdir().unwrap();
     let db = open(dir.path());
     let store = SqliteStore::new(&db.documents);
-    let applied = |offset| AppliedPosition {
-        consumer: "a",
-        first: offset,
-        offset,
-    };
     let records = (100..104).map(|m| chat(m, 7, 1, 2)).collect();
-    let stored = store.store_messages(records, applied(1)).await.unwrap();
+    let stored = store.store_messages(records, batch(1, 1)).await.unwrap();
     let seq_of = |m: u64| {
         stored
             .iter()
@@ -454,7 +444,7 @@ async fn the_unread_column_follows_every_status_change() {
                     up_to_seq: Some(seq_of(102)),
                 }),
             ],
-            applied(2),
+            batch(2, 2),
         )
         .await
         .unwrap();
