@@ -445,17 +445,40 @@ fn message_position(c: &Connection, message_id: u64) -> BackendResult<Option<(i6
     )
 }
 
-/// The UPDATE raising matching entries (`where_`, parameters from ?2) to
-/// `status` (?1). `unread` is only written by a raise to read: an update
-/// naming it rewrites the unread index's entry (see
+/// The UPDATE raising the entry named by `key` (parameters ?2 to ?4) to
+/// `status` (?1) if its status is ?5: one indexed write per ack instead of
+/// a read and a write. `unread` is only written by a raise to read: an
+/// update naming it rewrites the unread index's entry (see
 /// `schema::add_inbox_unread`).
-fn raise_status_sql(status: InboxStatus, where_: &str) -> String {
+fn raise_status_sql(status: InboxStatus, key: &str) -> String {
     let set = if status.is_unread() {
         "status = ?1"
     } else {
         "status = ?1, unread = 0"
     };
-    format!("UPDATE inbox SET {set} WHERE {where_}")
+    format!("UPDATE inbox SET {set} WHERE {key} AND status = ?5")
+}
+
+/// Raises one entry (`key`: its three key parameters) to `status` and
+/// counts it in `out`: tried from each lower status in turn, so the first
+/// update that matches also tells which status it left.
+fn raise_entry(
+    upd: &mut rusqlite::CachedStatement<'_>,
+    out: &mut AckOutcome,
+    message_id: u64,
+    status: InboxStatus,
+    key: [i64; 3],
+) -> BackendResult<()> {
+    for old in [InboxStatus::Pending, InboxStatus::Delivered] {
+        if old >= status {
+            break;
+        }
+        if upd.execute(params![status.code(), key[0], key[1], key[2], old.code()])? == 1 {
+            out.raise(message_id, old, status);
+            break;
+        }
+    }
+    Ok(())
 }
 
 fn apply_ack(c: &Connection, ack: &AckRecord) -> BackendResult<AckOutcome> {
@@ -466,9 +489,6 @@ fn apply_ack(c: &Connection, ack: &AckRecord) -> BackendResult<AckOutcome> {
             message_ids,
             status,
         } => {
-            let mut sel = c.prepare_cached(
-                "SELECT status FROM inbox WHERE user_id = ? AND session_id = ? AND seq = ?",
-            )?;
             let mut upd = c.prepare_cached(&raise_status_sql(
                 *status,
                 "user_id = ?2 AND session_id = ?3 AND seq = ?4",
@@ -477,35 +497,24 @@ fn apply_ack(c: &Connection, ack: &AckRecord) -> BackendResult<AckOutcome> {
                 let Some((session, seq)) = message_position(c, mid)? else {
                     continue;
                 };
-                let old = sel
-                    .query_row(params![user, session, seq], |r| r.get::<_, i64>(0))
-                    .optional()?
-                    .map(InboxStatus::from_code);
-                let Some(old) = old else { continue };
-                if out.raise(mid, old, *status) {
-                    upd.execute(params![status.code(), user, session, seq])?;
-                }
+                raise_entry(&mut upd, &mut out, mid, *status, [user, session, seq])?;
             }
         }
         AckCommand::Entries { entries, status } => {
             // The message id must match too: an entry is only ever acked as
             // it was pushed to this user.
-            let mut sel = c.prepare_cached(
-                "SELECT status FROM inbox WHERE user_id = ? AND inbox_seq = ? AND message_id = ?",
-            )?;
             let mut upd = c.prepare_cached(&raise_status_sql(
                 *status,
-                "user_id = ?2 AND inbox_seq = ?3",
+                "user_id = ?2 AND inbox_seq = ?3 AND message_id = ?4",
             ))?;
             for &(mid, inbox_seq) in entries {
-                let old = sel
-                    .query_row(params![user, inbox_seq, mid as i64], |r| r.get::<_, i64>(0))
-                    .optional()?
-                    .map(InboxStatus::from_code);
-                let Some(old) = old else { continue };
-                if out.raise(mid, old, *status) {
-                    upd.execute(params![status.code(), user, inbox_seq])?;
-                }
+                raise_entry(
+                    &mut upd,
+                    &mut out,
+                    mid,
+                    *status,
+                    [user, inbox_seq, mid as i64],
+                )?;
             }
         }
         AckCommand::SessionRead {

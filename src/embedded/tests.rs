@@ -426,7 +426,7 @@ async fn the_unread_column_follows_every_status_change() {
         command,
         reply_token: None,
     };
-    store
+    let outcomes = store
         .apply_acks(
             vec![
                 // pending -> delivered, then delivered -> read.
@@ -448,6 +448,16 @@ async fn the_unread_column_follows_every_status_change() {
         )
         .await
         .unwrap();
+    // Each raise is counted once, with the status it left.
+    let counted: Vec<(u64, Vec<u64>)> = outcomes
+        .into_iter()
+        .map(|o| (o.updated, o.no_longer_pending))
+        .collect();
+    assert_eq!(
+        counted,
+        vec![(2, vec![100, 101]), (1, vec![]), (2, vec![102])],
+        "100 and 101 delivered; 101 read from delivered; 100 and 102 read by the session"
+    );
     // The reader sees what the writer committed (reads force the commit).
     let (unread, total) = store.unread(2, 10).await.unwrap();
     assert_eq!(total, 1, "only 103 is unread");
