@@ -449,14 +449,23 @@ fn message_position(c: &Connection, message_id: u64) -> BackendResult<Option<(i6
 /// `status` (?1) if its status is ?5: one indexed write per ack instead of
 /// a read and a write. `unread` is only written by a raise to read: an
 /// update naming it rewrites the unread index's entry (see
-/// `schema::add_inbox_unread`).
-fn raise_status_sql(status: InboxStatus, key: &str) -> String {
-    let set = if status.is_unread() {
-        "status = ?1"
-    } else {
-        "status = ?1, unread = 0"
+/// `schema::add_inbox_unread`). Static text: it is looked up per ack.
+macro_rules! raise_status_sql {
+    ($status:expr, $key:literal) => {
+        if $status.is_unread() {
+            concat!(
+                "UPDATE inbox SET status = ?1 WHERE ",
+                $key,
+                " AND status = ?5"
+            )
+        } else {
+            concat!(
+                "UPDATE inbox SET status = ?1, unread = 0 WHERE ",
+                $key,
+                " AND status = ?5"
+            )
+        }
     };
-    format!("UPDATE inbox SET {set} WHERE {key} AND status = ?5")
 }
 
 /// Raises one entry (`key`: its three key parameters) to `status` and
@@ -489,9 +498,9 @@ fn apply_ack(c: &Connection, ack: &AckRecord) -> BackendResult<AckOutcome> {
             message_ids,
             status,
         } => {
-            let mut upd = c.prepare_cached(&raise_status_sql(
-                *status,
-                "user_id = ?2 AND session_id = ?3 AND seq = ?4",
+            let mut upd = c.prepare_cached(raise_status_sql!(
+                status,
+                "user_id = ?2 AND session_id = ?3 AND seq = ?4"
             ))?;
             for &mid in message_ids {
                 let Some((session, seq)) = message_position(c, mid)? else {
@@ -503,9 +512,9 @@ fn apply_ack(c: &Connection, ack: &AckRecord) -> BackendResult<AckOutcome> {
         AckCommand::Entries { entries, status } => {
             // The message id must match too: an entry is only ever acked as
             // it was pushed to this user.
-            let mut upd = c.prepare_cached(&raise_status_sql(
-                *status,
-                "user_id = ?2 AND inbox_seq = ?3 AND message_id = ?4",
+            let mut upd = c.prepare_cached(raise_status_sql!(
+                status,
+                "user_id = ?2 AND inbox_seq = ?3 AND message_id = ?4"
             ))?;
             for &(mid, inbox_seq) in entries {
                 raise_entry(
