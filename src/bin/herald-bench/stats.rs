@@ -131,6 +131,13 @@ pub struct Counts {
     pub last_rx_ns: u64,
 }
 
+impl Counts {
+    /// Every expected delivery (measured and warm-up) has arrived.
+    pub fn all_arrived(&self) -> bool {
+        self.received >= self.expected && self.warmup >= self.warmup_expected
+    }
+}
+
 /// Collects one run's deliveries.
 pub struct Collector {
     spec: RunSpec,

@@ -185,7 +185,7 @@ pub async fn drain(shared: &Shared, n_clients: usize, timeout: Duration) -> bool
     let start = Instant::now();
     loop {
         let c = shared.collector.lock().counts();
-        if c.received >= c.expected && c.warmup >= c.warmup_expected {
+        if c.all_arrived() {
             return true;
         }
         if start.elapsed() >= timeout || shared.disconnect_count() as usize >= n_clients {
@@ -204,7 +204,7 @@ pub async fn settle(shared: &Shared, quiet: Duration, limit: Duration) -> bool {
     let (mut received, mut progress_at) = (shared.collector.lock().counts().received, start);
     loop {
         let c = shared.collector.lock().counts();
-        if c.received >= c.expected && c.warmup >= c.warmup_expected {
+        if c.all_arrived() {
             return true;
         }
         if c.received > received {
