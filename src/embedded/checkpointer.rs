@@ -61,12 +61,7 @@ pub fn start(
     let db = role.label();
     let restart_frames = role.wal_restart_frames();
     let conn = schema::open_checkpointer(path)?;
-    let mut wal = PathBuf::from(path).into_os_string();
-    wal.push("-wal");
-    let files = Files {
-        database: path.to_path_buf(),
-        wal: PathBuf::from(wal),
-    };
+    let files = Files::of(path);
     std::thread::Builder::new()
         .name(format!("ckpt-{db}"))
         .spawn(move || run(conn, db, restart_frames, &finish, durable, &files))
@@ -127,6 +122,17 @@ fn run(
 struct Files {
     database: PathBuf,
     wal: PathBuf,
+}
+
+impl Files {
+    fn of(database: &Path) -> Files {
+        let mut wal = database.as_os_str().to_owned();
+        wal.push("-wal");
+        Files {
+            database: database.to_path_buf(),
+            wal: PathBuf::from(wal),
+        }
+    }
 }
 
 /// Leaves the writer's finishing checkpoint (`writer::finish_checkpoint`)
@@ -220,13 +226,7 @@ mod tests {
         insert(&writer, 100);
         assert_eq!(rows_in_database_file(&path, dir.path()), 100);
 
-        let mut wal = path.clone().into_os_string();
-        wal.push("-wal");
-        let files = Files {
-            database: path.clone(),
-            wal: PathBuf::from(wal),
-        };
-        prepare_restart(&ckpt, &files);
+        prepare_restart(&ckpt, &Files::of(&path));
         assert_eq!(rows_in_database_file(&path, dir.path()), 200);
     }
 }

@@ -181,13 +181,12 @@ pub async fn run_find_max(env: &Env, a: &FindMaxArgs) -> Result<ExitCode> {
     let mut best: Option<Report> = None;
     let mut first_failure: Option<String> = None;
     let mut warned = per_client(a.start_rate) > 50.0;
-    let (mut step, mut refined) = (0, 0);
     let stop = loop {
         let rate = match search.next() {
             Ok(rate) => rate,
             Err(stop) => break stop,
         };
-        step += 1;
+        let step = search.steps() + 1;
         if !warned && per_client(rate) > 50.0 {
             env.warn_rate_limit(per_client(rate));
             warned = true;
@@ -203,7 +202,6 @@ pub async fn run_find_max(env: &Env, a: &FindMaxArgs) -> Result<ExitCode> {
         r.extra("step", step);
         r.extra("good", good);
         r.extra("refine", refining);
-        refined += usize::from(refining);
         if !good {
             r.extra("failed", failures.join("; "));
         }
@@ -223,13 +221,14 @@ pub async fn run_find_max(env: &Env, a: &FindMaxArgs) -> Result<ExitCode> {
     let stop_reason = match stop {
         Stop::Steps(n) => format!("{n} steps done"),
         Stop::MaxRate(max) => format!("--max-rate {max} reached"),
-        Stop::Failed if refined > 0 => format!(
-            "{}; then {refined} refining step(s) between the last good and the failed rate",
-            first_failure.unwrap_or_default()
+        Stop::Failed if search.refined() > 0 => format!(
+            "{}; then {} refining step(s) between the last good and the failed rate",
+            first_failure.unwrap_or_default(),
+            search.refined()
         ),
         Stop::Failed => first_failure.unwrap_or_default(),
     };
-    let mut headline = best.clone().unwrap_or_else(|| Report {
+    let mut headline = best.unwrap_or_else(|| Report {
         scenario: "find-max",
         target: env.target.name(),
         clients: a.clients,

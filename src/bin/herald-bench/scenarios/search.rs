@@ -29,6 +29,9 @@ pub struct RateSearch {
     next_climb: f64,
     best_good: Option<f64>,
     lowest_failed: Option<f64>,
+    /// Steps recorded so far, and how many of them bisected.
+    steps: usize,
+    refined: usize,
 }
 
 impl RateSearch {
@@ -48,6 +51,8 @@ impl RateSearch {
             next_climb: start,
             best_good: None,
             lowest_failed: None,
+            steps: 0,
+            refined: 0,
         }
     }
 
@@ -70,11 +75,13 @@ impl RateSearch {
 
     /// Records the outcome of a step at `rate` (the one `next` gave).
     pub fn record(&mut self, rate: f64, good: bool) {
+        self.steps += 1;
         if self.lowest_failed.is_none() {
             self.climbs_left = self.climbs_left.saturating_sub(1);
             self.next_climb = rate * self.step;
         } else {
             self.refines_left = self.refines_left.saturating_sub(1);
+            self.refined += 1;
         }
         if good {
             self.best_good = Some(self.best_good.map_or(rate, |b| b.max(rate)));
@@ -96,6 +103,16 @@ impl RateSearch {
 
     pub fn best_good(&self) -> Option<f64> {
         self.best_good
+    }
+
+    /// Steps recorded so far.
+    pub fn steps(&self) -> usize {
+        self.steps
+    }
+
+    /// Recorded steps that bisected.
+    pub fn refined(&self) -> usize {
+        self.refined
     }
 }
 
@@ -136,6 +153,8 @@ mod tests {
         assert!(close(tried[3], (2000.0f64 * 4000.0).sqrt()), "{tried:?}");
         assert!(close(tried[4], (tried[3] * 4000.0).sqrt()), "{tried:?}");
         assert_eq!(stop, Stop::Failed);
+        let (_, _, search) = run_keeping(RateSearch::new(1000.0, 2.0, 40, 2, None), 3000.0);
+        assert_eq!((search.steps(), search.refined()), (5, 2));
     }
 
     #[test]
