@@ -98,6 +98,9 @@ const TOPIC_TABLES: [&str; 4] = [
 /// throughput. (Takes effect when a database is created.)
 const PAGE_SIZE: i64 = 1024;
 
+/// How long a connection waits for a lock another one holds.
+pub const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Which of the two database files a connection serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -151,7 +154,7 @@ pub fn migrate_topics_out(documents: &Path, topics: &Path) -> BackendResult<()> 
         return Ok(());
     }
     let conn = Connection::open(documents)?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
     let legacy: Vec<String> = {
         let mut stmt = conn.prepare("SELECT name FROM sqlite_master WHERE type = 'table'")?;
         let names = stmt.query_map([], |r| r.get::<_, String>(0))?;
@@ -227,7 +230,7 @@ pub fn open_write(path: &Path, role: Role, durability_full: bool) -> BackendResu
     } else {
         Connection::open(path)?
     };
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.pragma_update(None, "page_size", PAGE_SIZE)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     // FULL fsyncs the WAL at every (group) commit: an acked message survives
@@ -295,7 +298,7 @@ pub fn open_read(path: &Path) -> BackendResult<Connection> {
             | OpenFlags::SQLITE_OPEN_NO_MUTEX
             | OpenFlags::SQLITE_OPEN_URI,
     )?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.pragma_update(None, "cache_size", -16_000)?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
@@ -304,6 +307,6 @@ pub fn open_read(path: &Path) -> BackendResult<Connection> {
 /// Opens the checkpointer's connection.
 pub fn open_checkpointer(path: &Path) -> BackendResult<Connection> {
     let conn = Connection::open(path)?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
     Ok(conn)
 }
