@@ -33,6 +33,22 @@ fn server() -> &'static TestServer {
     )
 }
 
+static LIMITED_SERVER: OnceLock<TestServer> = OnceLock::new();
+
+/// A server that lets each user send 3 messages a second (burst 3): a
+/// find-max step of 1 msg/s per client is good and one of 10 is not (its
+/// extra sends are refused), so a search on it always bisects.
+fn limited_server() -> &'static TestServer {
+    TestServer::shared(
+        &LIMITED_SERVER,
+        &[
+            ("HERALD_SEND_RATE_PER_SEC", "3"),
+            ("HERALD_SEND_BURST", "3"),
+            ("HERALD_MAX_CONNECTIONS_PER_USER", "100000"),
+        ],
+    )
+}
+
 /// Runs `cmd` with stdout and stderr in files under `dir`; returns (exit
 /// success, stdout, stderr). Kills it after [`RUN_TIMEOUT`].
 fn run_to_files(mut cmd: Command, dir: &Path, name: &str) -> (bool, String, String) {
@@ -69,8 +85,12 @@ fn run_to_files(mut cmd: Command, dir: &Path, name: &str) -> (bool, String, Stri
 /// Runs herald-bench against the shared server with `args` (after the
 /// common options), asserts exit status 0 and returns its JSON lines.
 fn bench(name: &str, args: &[&str]) -> Vec<Value> {
+    bench_on(server(), name, args)
+}
+
+/// [`bench`] against server `s`.
+fn bench_on(s: &TestServer, name: &str, args: &[&str]) -> Vec<Value> {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let s = server();
     let _log = s.log_guard();
     let dir = s
         .data_dir()
@@ -260,6 +280,70 @@ fn bench_find_max() {
     assert_eq!(head["scenario"], "find-max", "{head}");
     assert_eq!(f(head, "max_good_rate"), best, "{head}");
     assert_eq!(f(head, "p99_threshold_ms"), 1000.0, "{head}");
+    assert!(head["stop_reason"].is_string(), "{head}");
+}
+
+#[test]
+fn bench_find_max_bisects_between_the_last_good_and_the_first_failed_rate() {
+    let lines = bench_on(
+        limited_server(),
+        "find-max-refine",
+        &[
+            "find-max",
+            "--clients",
+            "20",
+            "--start-rate",
+            "20",
+            "--step",
+            "10",
+            "--step-duration",
+            "1",
+            "--max-steps",
+            "3",
+            "--warmup",
+            "0",
+            "--p99-ms",
+            "1000",
+        ],
+    );
+    let (head, steps) = lines.split_last().expect("at least the headline");
+    let good = |s: &Value| s["good"].as_bool().unwrap_or_else(|| panic!("good: {s}"));
+    let refining = |s: &Value| {
+        s["refine"]
+            .as_bool()
+            .unwrap_or_else(|| panic!("refine: {s}"))
+    };
+    assert_eq!(steps.len(), 4, "good, failed, two bisections: {lines:?}");
+    for (i, s) in steps.iter().enumerate() {
+        check_common(s, "find-max", 20);
+        assert_eq!(u(s, "step"), i as u64 + 1, "{s}");
+    }
+    // 1 msg/s per client: within the limit.
+    assert_eq!(f(&steps[0], "offered_rate"), 20.0, "{}", steps[0]);
+    assert!(good(&steps[0]) && !refining(&steps[0]), "{}", steps[0]);
+    // 10 msg/s per client: refused sends fail the step.
+    assert_eq!(f(&steps[1], "offered_rate"), 200.0, "{}", steps[1]);
+    assert!(!good(&steps[1]) && !refining(&steps[1]), "{}", steps[1]);
+    assert!(u(&steps[1], "server_errors") > 0, "{}", steps[1]);
+    let failed_why = steps[1]["failed"].as_str().unwrap_or_default();
+    assert!(failed_why.contains("server errors"), "{}", steps[1]);
+    // Then each step tries the geometric middle of the gap left so far.
+    let (mut best, mut failed) = (20.0_f64, 200.0_f64);
+    for s in &steps[2..] {
+        assert!(refining(s), "{s}");
+        let rate = f(s, "offered_rate");
+        assert!(
+            (rate - (best * failed).sqrt()).abs() < 1e-3, // reported to 3 decimals
+            "bisects {best}..{failed}: {s}"
+        );
+        if good(s) {
+            best = rate;
+        } else {
+            failed = rate;
+        }
+    }
+    assert_eq!(head["headline"], true, "{head}");
+    assert_eq!(f(head, "max_good_rate"), best, "{head}");
     assert!(head["stop_reason"].is_string(), "{head}");
 }
 

@@ -207,7 +207,7 @@ fn send_frame(target: &Target, routing: &Routing, item: &SendItem) -> Frame {
                 _ => (None, None),
             };
             let p = &item.payload;
-            let cmid = format!("{:x}-{}-{}", p.run, p.sender, p.seq);
+            let cmid = p.client_message_id();
             let req = SendReq {
                 to_user_id,
                 group_id,
@@ -461,8 +461,7 @@ impl Reader {
                 self.shared.collector.lock().counts_mut().send_acks += 1;
             }
             (TargetKind::Herald, SUB_ERRORS) => {
-                let text = String::from_utf8_lossy(&frame.body).into_owned();
-                self.shared.collector.lock().server_error(&text);
+                self.shared.collector.lock().error_event(&frame.body);
             }
             (TargetKind::Herald, _) => {
                 let vo: Option<MessageVo> = serde_json::from_slice(&frame.body).ok();

@@ -47,6 +47,26 @@ impl Payload {
         s
     }
 
+    /// The `clientMessageId` of its herald send, which names the message
+    /// in the server's answers (a refusal on `/user/queue/errors`).
+    pub fn client_message_id(&self) -> String {
+        format!(
+            "{:x}-{}-{}-{}",
+            self.run, self.sender, self.seq, self.due_ns
+        )
+    }
+
+    pub fn from_client_message_id(id: &str) -> Option<Payload> {
+        let mut it = id.split('-');
+        let p = Payload {
+            run: u64::from_str_radix(it.next()?, 16).ok()?,
+            sender: it.next()?.parse().ok()?,
+            seq: it.next()?.parse().ok()?,
+            due_ns: it.next()?.parse().ok()?,
+        };
+        it.next().is_none().then_some(p)
+    }
+
     pub fn parse(text: &str) -> Option<Payload> {
         let mut it = text.split(':');
         if it.next()? != MAGIC {
@@ -127,6 +147,13 @@ pub struct Counts {
     pub send_acks: u64,
     /// Herald: `/user/queue/errors` events; any target: ERROR frames.
     pub server_errors: u64,
+    /// Herald: measured sends the server refused (an error event naming
+    /// one): never delivered, so neither expected nor lost.
+    pub refused: u64,
+    /// Deliveries no longer expected because their send was refused
+    /// (refused x recipients), measured and warm-up.
+    pub refused_deliveries: u64,
+    pub warmup_refused_deliveries: u64,
     /// Receive time of the last measured delivery, ns since t0.
     pub last_rx_ns: u64,
 }
@@ -134,13 +161,23 @@ pub struct Counts {
 impl Counts {
     /// Every expected delivery (measured and warm-up) has arrived.
     pub fn all_arrived(&self) -> bool {
-        self.received >= self.expected && self.warmup >= self.warmup_expected
+        self.received + self.refused_deliveries >= self.expected
+            && self.warmup + self.warmup_refused_deliveries >= self.warmup_expected
+    }
+
+    /// Expected deliveries that did not arrive (refused sends excepted).
+    pub fn lost(&self) -> u64 {
+        self.expected
+            .saturating_sub(self.refused_deliveries)
+            .saturating_sub(self.received)
     }
 }
 
 /// Collects one run's deliveries.
 pub struct Collector {
     spec: RunSpec,
+    /// Deliveries each message of the run should cause.
+    fanout: u64,
     hist: Histogram<u64>,
     seen: HashMap<(u32, u32), Vec<u64>>,
     order: HashMap<(u32, u32), u64>,
@@ -154,9 +191,10 @@ fn new_histogram() -> Histogram<u64> {
 }
 
 impl Collector {
-    pub fn new(spec: RunSpec) -> Collector {
+    pub fn new(spec: RunSpec, fanout: u64) -> Collector {
         Collector {
             spec,
+            fanout,
             hist: new_histogram(),
             seen: HashMap::new(),
             order: HashMap::new(),
@@ -237,6 +275,32 @@ impl Collector {
         }
     }
 
+    /// A herald error event (`{"code", "message", "clientMessageId"}`):
+    /// a refused send of this run is no longer expected.
+    pub fn error_event(&mut self, body: &[u8]) {
+        self.server_error(&String::from_utf8_lossy(body));
+        #[derive(serde::Deserialize)]
+        struct ErrorEvent {
+            #[serde(rename = "clientMessageId")]
+            client_message_id: Option<String>,
+        }
+        let refused = serde_json::from_slice::<ErrorEvent>(body)
+            .ok()
+            .and_then(|e| e.client_message_id)
+            .and_then(|id| Payload::from_client_message_id(&id))
+            .filter(|p| p.run == self.spec.run);
+        let Some(p) = refused else {
+            return;
+        };
+        let c = &mut self.counts;
+        if p.due_ns < self.spec.measure_from_ns {
+            c.warmup_refused_deliveries += self.fanout;
+        } else {
+            c.refused += 1;
+            c.refused_deliveries += self.fanout;
+        }
+    }
+
     /// Latency quantiles in ms (None without samples).
     pub fn latency(&self) -> Latency {
         if self.hist.is_empty() {
@@ -275,7 +339,7 @@ pub struct Shared {
 impl Shared {
     pub fn new(spec: RunSpec) -> Shared {
         Shared {
-            collector: Mutex::new(Collector::new(spec)),
+            collector: Mutex::new(Collector::new(spec, 1)),
             disconnects: AtomicU64::new(0),
             first_disconnect: Mutex::new(None),
             stopping: AtomicBool::new(false),
@@ -283,8 +347,8 @@ impl Shared {
     }
 
     /// Starts a new run: fresh counters and histogram.
-    pub fn reset(&self, spec: RunSpec) {
-        *self.collector.lock() = Collector::new(spec);
+    pub fn reset(&self, spec: RunSpec, fanout: u64) {
+        *self.collector.lock() = Collector::new(spec, fanout);
     }
 
     pub fn disconnected(&self, why: String) {
@@ -422,11 +486,52 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_send_is_neither_expected_nor_lost() {
+        let t0 = Instant::now();
+        let mut spec = RunSpec::new(t0, 0.5, 1.0, 0.0);
+        spec.run = 0xab;
+        spec.per_receiver = true; // each message goes to 3 members
+        let mut c = Collector::new(spec, 3);
+        let p = |seq, due_ns| Payload {
+            run: 0xab,
+            sender: 2,
+            seq,
+            due_ns,
+        };
+        let measured = p(7, 600_000_000);
+        let id = measured.client_message_id();
+        assert_eq!(Payload::from_client_message_id(&id), Some(measured));
+        assert_eq!(Payload::from_client_message_id("ab-2-7"), None);
+        assert_eq!(Payload::from_client_message_id("ab-2-7-1-9"), None);
+        c.counts_mut().expected = 6;
+        c.counts_mut().warmup_expected = 3;
+        let event = |id: &str| {
+            format!(r#"{{"code":"rate_limited","message":"slow down","clientMessageId":"{id}"}}"#)
+        };
+        c.error_event(event(&id).as_bytes());
+        c.error_event(event(&p(1, 100).client_message_id()).as_bytes()); // warm-up
+        let other_run = Payload { run: 1, ..measured };
+        c.error_event(event(&other_run.client_message_id()).as_bytes());
+        c.error_event(br#"{"code":"internal","message":"no id"}"#);
+        let counts = c.counts();
+        assert_eq!(counts.server_errors, 4);
+        assert_eq!((counts.refused, counts.refused_deliveries), (1, 3));
+        assert_eq!(counts.warmup_refused_deliveries, 3);
+        assert_eq!(counts.lost(), 3, "the other message's deliveries");
+        assert!(!counts.all_arrived());
+        for receiver in [0, 1, 3] {
+            c.record(receiver, &p(8, 700_000_000), t0);
+        }
+        assert_eq!(c.counts().lost(), 0);
+        assert!(c.counts().all_arrived());
+    }
+
+    #[test]
     fn collector_counts_loss_duplicates_order() {
         let t0 = Instant::now();
         let mut spec = RunSpec::new(t0, 0.0, 1.0, 0.0);
         spec.run = 5;
-        let mut c = Collector::new(spec);
+        let mut c = Collector::new(spec, 1);
         let mk = |sender, seq| Payload {
             run: 5,
             sender,

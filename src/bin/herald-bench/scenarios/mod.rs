@@ -225,7 +225,7 @@ pub async fn sleep_until(t: Instant) {
 /// Starts a run with `spec`, executes `plan`, drains; the usage meters
 /// cover the measured part and the drain.
 pub async fn run_plan(env: &Env, shared: &Shared, plan: Plan<'_>, spec: RunSpec) -> (bool, Usage) {
-    shared.reset(spec);
+    shared.reset(spec, plan.fanout);
     let n_clients = plan.clients.len();
     let measure_start = spec.t0 + Duration::from_nanos(spec.measure_from_ns);
     let meters = async {
@@ -258,7 +258,7 @@ pub fn report(
         delivered_rate: (measured > 0.0).then(|| r3(c.in_time as f64 / measured)),
         sent: c.sent,
         received: c.received,
-        lost: c.expected.saturating_sub(c.received),
+        lost: c.lost(),
         duplicated: c.duplicated,
         out_of_order: c.out_of_order,
         duration_s: r3(measured),
@@ -271,6 +271,9 @@ pub fn report(
     }
     r.extra("dropped", c.dropped);
     r.extra("server_errors", c.server_errors);
+    if env.target.kind == TargetKind::Herald {
+        r.extra("refused", c.refused);
+    }
     if let Some(e) = col.first_error() {
         r.extra("first_error", e);
     }
