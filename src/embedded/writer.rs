@@ -388,10 +388,10 @@ fn next_job(
 /// Gives back the disk a long WAL holds. Under load the WAL grows to its
 /// start-over length (`schema::Role::wal_restart_frames`: 1 GB for the
 /// documents) and SQLite reuses the file from its start but never shrinks
-/// it; a process that stops without closing its connections leaves it
-/// whole for the next start to read. An idle writer can afford a TRUNCATE
-/// checkpoint: it copies what is left, waits briefly for readers to leave
-/// the WAL, and truncates it to nothing. False if readers kept it busy
+/// it (nor does a process that stops without closing its connections).
+/// An idle writer can afford a TRUNCATE checkpoint: it copies what is
+/// left, waits briefly for readers to leave the WAL, and truncates it to
+/// nothing. False if readers kept it busy
 /// (the next idle spell tries again). A job that arrives meanwhile waits:
 /// 0.26 s for a 776 MB documents WAL here, nearly all of it the
 /// `ftruncate` (0.21 s for 800 MB on this ext4, mounted with `discard`).
