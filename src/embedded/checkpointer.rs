@@ -126,11 +126,9 @@ struct Files {
 
 impl Files {
     fn of(database: &Path) -> Files {
-        let mut wal = database.as_os_str().to_owned();
-        wal.push("-wal");
         Files {
             database: database.to_path_buf(),
-            wal: PathBuf::from(wal),
+            wal: schema::wal_path(database),
         }
     }
 }

@@ -98,6 +98,13 @@ const TOPIC_TABLES: [&str; 4] = [
 /// throughput. (Takes effect when a database is created.)
 const PAGE_SIZE: i64 = 1024;
 
+/// The WAL file of database file `database` (SQLite's name for it).
+pub fn wal_path(database: &Path) -> std::path::PathBuf {
+    let mut wal = database.as_os_str().to_owned();
+    wal.push("-wal");
+    wal.into()
+}
+
 /// How long a connection waits for a lock another one holds.
 pub const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 

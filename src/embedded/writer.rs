@@ -391,12 +391,12 @@ fn next_job(
 /// it (nor does a process that stops without closing its connections).
 /// An idle writer can afford a TRUNCATE checkpoint: it copies what is
 /// left, waits briefly for readers to leave the WAL, and truncates it to
-/// nothing. False if readers kept it busy
-/// (the next idle spell tries again). A job that arrives meanwhile waits:
-/// 0.26 s for a 776 MB documents WAL here, nearly all of it the
-/// `ftruncate` (0.21 s for 800 MB on this ext4, mounted with `discard`).
+/// nothing. False if readers kept it busy (the next idle spell tries
+/// again). A job that arrives meanwhile waits: 0.26 s for a 776 MB
+/// documents WAL here, nearly all of it the `ftruncate` (0.21 s for 800 MB
+/// on this ext4, mounted with `discard`).
 fn shrink_wal(conn: &Connection, db: &'static str) -> bool {
-    let Some(wal) = conn.path().map(|p| format!("{p}-wal")) else {
+    let Some(wal) = conn.path().map(|p| super::schema::wal_path(p.as_ref())) else {
         return true;
     };
     match std::fs::metadata(&wal) {
@@ -599,7 +599,7 @@ mod tests {
     }
 
     fn wal_len(path: &std::path::Path) -> u64 {
-        std::fs::metadata(format!("{}-wal", path.display()))
+        std::fs::metadata(super::super::schema::wal_path(path))
             .map(|m| m.len())
             .unwrap_or(0)
     }
@@ -750,28 +750,23 @@ mod tests {
                     .unwrap();
             }
         };
-        let wal_bytes = || {
-            std::fs::metadata(path.with_extension("db-wal"))
-                .unwrap()
-                .len()
-        };
         for _ in 0..100 {
             insert(&w).await;
         }
-        let before = wal_bytes();
+        let before = wal_len(&path);
         for _ in 0..50 {
             insert(&w).await;
         }
-        let grown = wal_bytes();
+        let grown = wal_len(&path);
         assert!(grown > before, "without a checkpoint the WAL grows");
         finish.store(true, Ordering::Release);
         insert(&w).await; // the writer checkpoints after this commit...
-        let finished = wal_bytes();
+        let finished = wal_len(&path);
         for _ in 0..50 {
             insert(&w).await; // ...and these reuse the WAL from its start
         }
         assert_eq!(
-            wal_bytes(),
+            wal_len(&path),
             finished,
             "the WAL started over instead of growing"
         );
