@@ -184,8 +184,7 @@ pub async fn schedule(plan: Plan<'_>, shared: &Shared) {
 pub async fn drain(shared: &Shared, n_clients: usize, timeout: Duration) -> bool {
     let start = Instant::now();
     loop {
-        let c = shared.collector.lock().counts();
-        if c.all_arrived() {
+        if shared.collector.lock().all_arrived() {
             return true;
         }
         if start.elapsed() >= timeout || shared.disconnect_count() as usize >= n_clients {
@@ -203,12 +202,15 @@ pub async fn settle(shared: &Shared, quiet: Duration, limit: Duration) -> bool {
     let start = Instant::now();
     let (mut received, mut progress_at) = (shared.collector.lock().counts().received, start);
     loop {
-        let c = shared.collector.lock().counts();
-        if c.all_arrived() {
+        let (all_arrived, now_received) = {
+            let col = shared.collector.lock();
+            (col.all_arrived(), col.counts().received)
+        };
+        if all_arrived {
             return true;
         }
-        if c.received > received {
-            (received, progress_at) = (c.received, Instant::now());
+        if now_received > received {
+            (received, progress_at) = (now_received, Instant::now());
         }
         if progress_at.elapsed() >= quiet || start.elapsed() >= limit {
             return false;
@@ -258,7 +260,7 @@ pub fn report(
         delivered_rate: (measured > 0.0).then(|| r3(c.in_time as f64 / measured)),
         sent: c.sent,
         received: c.received,
-        lost: c.lost(),
+        lost: col.lost(),
         duplicated: c.duplicated,
         out_of_order: c.out_of_order,
         duration_s: r3(measured),
