@@ -325,6 +325,9 @@ fn bench_find_max_bisects_between_the_last_good_and_the_first_failed_rate() {
     assert_eq!(f(&steps[1], "offered_rate"), 200.0, "{}", steps[1]);
     assert!(!good(&steps[1]) && !refining(&steps[1]), "{}", steps[1]);
     assert!(u(&steps[1], "server_errors") > 0, "{}", steps[1]);
+    // Refused, not lost: the server never accepted them.
+    assert!(u(&steps[1], "refused") > 0, "{}", steps[1]);
+    assert_eq!(u(&steps[1], "lost"), 0, "{}", steps[1]);
     let failed_why = steps[1]["failed"].as_str().unwrap_or_default();
     assert!(failed_why.contains("server errors"), "{}", steps[1]);
     // Then each step tries the geometric middle of the gap left so far.
