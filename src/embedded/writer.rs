@@ -28,6 +28,9 @@ enum Ran {
         wrote: bool,
         release: Completion,
     },
+    /// Close the database once the transaction commits (`Writer::close`);
+    /// told when done.
+    Close(oneshot::Sender<()>),
 }
 
 type Job = Box<dyn FnOnce(&Connection) -> Ran + Send>;
@@ -44,6 +47,11 @@ const LINGER: Duration = Duration::from_millis(20);
 /// How long a writer waits without work before it shrinks its WAL
 /// (`shrink_wal`).
 const SHRINK_WHEN_IDLE: Duration = Duration::from_secs(30);
+
+/// How long a closing writer keeps trying to empty its WAL, and how long it
+/// pauses between tries.
+const CLOSE_WAL_WITHIN: Duration = Duration::from_secs(5);
+const CLOSE_WAL_PAUSE: Duration = Duration::from_millis(10);
 
 /// A WAL file no longer than this is left as it is.
 const SHRINK_ABOVE_BYTES: u64 = 4 * 1024 * 1024;
@@ -262,6 +270,22 @@ impl Writer {
     pub async fn flush(&self) -> BackendResult<()> {
         self.write(|_| Ok(())).await
     }
+
+    /// Commits everything queued before this call, empties the WAL into the
+    /// database file and stops the writer: a stopped node leaves a compact
+    /// data directory, which its next start opens without reading a WAL.
+    /// Jobs queued after it fail with `Closed`; closing again is a no-op.
+    pub async fn close(&self) -> BackendResult<()> {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |_| Ran::Close(tx));
+        if self.jobs.send(job).await.is_err() {
+            return Ok(()); // closed before
+        }
+        // Dropped unanswered only if a close queued earlier ended the
+        // writer first: closed all the same.
+        let _ = rx.await;
+        Ok(())
+    }
 }
 
 /// A job running `f` whose outcome goes to `release` as soon as its
@@ -321,7 +345,7 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Job>, state: &WriterState) {
         let mut lingered = Duration::ZERO;
         let mut batch = Batch::begin(&conn, state);
         batch.run(first);
-        while batch.jobs < state.batch_max {
+        while batch.jobs < state.batch_max && batch.closed.is_none() {
             let job = match rx.try_recv() {
                 Ok(job) => job,
                 Err(TryRecvError::Disconnected) => break,
@@ -339,12 +363,18 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Job>, state: &WriterState) {
             batch.run(job);
         }
         let size = batch.jobs;
-        batch.commit();
+        let closed = batch.commit();
         // The writer's work on the transaction, not its waits for more.
         let busy = started.elapsed().saturating_sub(lingered);
         metrics::histogram!("herald_store_commit_seconds", "db" => state.db)
             .record(busy.as_secs_f64());
         metrics::histogram!("herald_store_commit_batch_size", "db" => state.db).record(size as f64);
+        if let Some(done) = closed {
+            close_wal(&conn, state.db);
+            let _ = done.send(());
+            tracing::debug!(db = state.db, "writer closed");
+            return;
+        }
         if state.finish_checkpoint.swap(false, Ordering::AcqRel) {
             finish_checkpoint(&conn, state.db);
         }
@@ -379,7 +409,9 @@ fn next_job(
             .block_on(async { tokio::time::timeout(idle, rx.recv()).await })
         {
             Ok(job) => return job,
-            Err(_) => *shrunk = shrink_wal(conn, state.db),
+            Err(_) => {
+                *shrunk = shrink_wal(conn, state.db, SHRINK_ABOVE_BYTES, SHRINK_BUSY_TIMEOUT);
+            }
         }
     }
     rx.blocking_recv()
@@ -394,17 +426,25 @@ fn next_job(
 /// nothing. False if readers kept it busy (the next idle spell tries
 /// again). A job that arrives meanwhile waits: 0.26 s for a 776 MB
 /// documents WAL here, nearly all of it the `ftruncate` (0.21 s for 800 MB
-/// on this ext4, mounted with `discard`).
-fn shrink_wal(conn: &Connection, db: &'static str) -> bool {
+/// on this ext4, mounted with `discard`). A WAL no longer than
+/// `above_bytes` is left as it is; readers get `busy_timeout` to leave it.
+/// A checkpointer pass under way makes it fail at once (SQLite never waits
+/// for another checkpoint), also with false.
+fn shrink_wal(
+    conn: &Connection,
+    db: &'static str,
+    above_bytes: u64,
+    busy_timeout: Duration,
+) -> bool {
     let Some(wal) = conn.path().map(|p| super::schema::wal_path(p.as_ref())) else {
         return true;
     };
     match std::fs::metadata(&wal) {
-        Ok(file) if file.len() > SHRINK_ABOVE_BYTES => {}
+        Ok(file) if file.len() > above_bytes => {}
         _ => return true,
     }
     let started = Instant::now();
-    let result = conn.busy_timeout(SHRINK_BUSY_TIMEOUT).and_then(|()| {
+    let result = conn.busy_timeout(busy_timeout).and_then(|()| {
         conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
             r.get::<_, i64>(0)
         })
@@ -419,10 +459,31 @@ fn shrink_wal(conn: &Connection, db: &'static str) -> bool {
             true
         }
         Ok(_) => false,
+        Err(e) if is_busy(&e) => false,
         Err(e) => {
             tracing::warn!(error = %e, db, "shrinking the WAL failed");
             true
         }
+    }
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode::{DatabaseBusy, DatabaseLocked};
+    matches!(e.sqlite_error_code(), Some(DatabaseBusy | DatabaseLocked))
+}
+
+/// Empties the WAL of a closing writer, trying again while the
+/// checkpointer or readers keep it busy (for `CLOSE_WAL_WITHIN`): what is
+/// left in the WAL is safe, only the next start's work and the disk it
+/// holds are at stake.
+fn close_wal(conn: &Connection, db: &'static str) {
+    let deadline = Instant::now() + CLOSE_WAL_WITHIN;
+    while !shrink_wal(conn, db, 0, SHRINK_BUSY_TIMEOUT) {
+        if Instant::now() >= deadline {
+            tracing::warn!(db, "closing with a WAL: it stayed busy");
+            return;
+        }
+        std::thread::sleep(CLOSE_WAL_PAUSE);
     }
 }
 
@@ -455,6 +516,8 @@ struct Batch<'c> {
     completions: Vec<Completion>,
     /// Whether released writes (`Writer::apply`) await the commit.
     released_writes: bool,
+    /// Set by a close job: the last transaction (`Writer::close`).
+    closed: Option<oneshot::Sender<()>>,
 }
 
 impl<'c> Batch<'c> {
@@ -473,6 +536,7 @@ impl<'c> Batch<'c> {
             jobs: 0,
             completions: Vec::new(),
             released_writes: false,
+            closed: None,
         }
     }
 
@@ -493,12 +557,14 @@ impl<'c> Batch<'c> {
             match job(conn) {
                 Ran::AwaitsCommit(_, done) => done(Err(msg)),
                 Ran::ReleaseNow { release, .. } => release(Err(msg)),
+                Ran::Close(done) => self.closed = Some(done),
             }
             return;
         }
         let ran = job(conn);
         let ok = match &ran {
             Ran::AwaitsCommit(ok, _) | Ran::ReleaseNow { ok, .. } => *ok,
+            Ran::Close(_) => true,
         };
         let end = if ok {
             exec_cached(conn, "RELEASE job")
@@ -520,10 +586,12 @@ impl<'c> Batch<'c> {
                 }
                 release(end.map_err(|e| format!("savepoint end failed: {e}")));
             }
+            Ran::Close(done) => self.closed = Some(done),
         }
     }
 
-    fn commit(self) {
+    /// Commits; returns the close job's answer if it was the last.
+    fn commit(self) -> Option<oneshot::Sender<()>> {
         let committed = if self.in_transaction {
             exec_cached(self.conn, "COMMIT").map_err(|e| {
                 self.state.rollbacks.fetch_add(1, Ordering::AcqRel);
@@ -541,6 +609,7 @@ impl<'c> Batch<'c> {
         for done in self.completions {
             done(committed.clone());
         }
+        self.closed
     }
 }
 
@@ -649,6 +718,31 @@ mod tests {
             .await
             .unwrap();
         assert!(wal_len(&path) > 0);
+    }
+
+    #[tokio::test]
+    async fn close_commits_empties_the_wal_and_refuses_later_jobs() {
+        let (_dir, w, path) = writer();
+        grow_wal(&w, &path).await;
+        // Queued, not awaited: close commits what was queued before it.
+        let queued = w
+            .enqueue(
+                |c| Ok(c.execute("INSERT INTO t(v) VALUES (7)", [])?),
+                |_| {},
+            )
+            .await
+            .unwrap();
+        w.close().await.unwrap();
+        assert_eq!(queued.await.unwrap().unwrap(), 1);
+        assert_eq!(wal_len(&path), 0, "close leaves the WAL empty");
+        assert_eq!(blob_rows(&path), 5000);
+        let conn = Connection::open(&path).unwrap();
+        let v: i64 = conn.query_row("SELECT v FROM t", [], |r| r.get(0)).unwrap();
+        assert_eq!(v, 7);
+
+        let late = w.write(|c| Ok(c.execute("INSERT INTO t(v) VALUES (8)", [])?));
+        assert!(matches!(late.await, Err(BackendError::Closed)));
+        w.close().await.expect("closing again is a no-op");
     }
 
     #[tokio::test]
