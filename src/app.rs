@@ -18,20 +18,26 @@ use crate::embedded::{Embedded, SqliteStore, SqliteTopic};
 use crate::model::IdGenerator;
 use crate::service::backend::{DurableTopic, Store};
 use crate::service::{
-    AckService, AuthService, DeliveryHub, Directory, MessageService, RedeliveryTracker, Services,
-    Watermark,
+    AckService, AuthService, DeliveryHub, Directory, LiveConnections, MessageService,
+    RedeliveryTracker, Services, Watermark,
 };
 
 /// Events queued between the session consumer and the listener (batches).
 const EVENT_QUEUE: usize = 64;
 /// Time allowed for draining on shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(6);
+/// Time allowed on shutdown for HTTP requests under way to finish.
+const REQUESTS_TIMEOUT: Duration = Duration::from_secs(2);
+/// Time allowed on shutdown for STOMP connections to answer the sends they
+/// read and close.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A node with its background tasks.
 pub struct Node {
     pub services: Services,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    topics: [Arc<dyn DurableTopic>; 2],
 }
 
 /// Reads the JWT secret from config, or from `<data-dir>/jwt.secret`
@@ -113,6 +119,7 @@ impl Node {
             redelivery,
             stored,
             store,
+            connections: LiveConnections::default(),
         };
         let (shutdown, _) = watch::channel(false);
         let (tasks, published) =
@@ -127,18 +134,28 @@ impl Node {
             services,
             shutdown,
             tasks,
+            topics: [session_topic, ack_topic],
         })
     }
 
-    /// Stops consumers after they drained what was published, then flushes.
+    /// Stops consumers after they drained what was published, then closes
+    /// the topics and the store (everything durable, WALs emptied).
     pub async fn stop(self) {
+        // Acks queued by connections on their way out go to the ack topic
+        // and are applied while its consumer still runs.
+        self.services.acks.settle().await;
         let _ = self.shutdown.send(true);
         let all = futures_util::future::join_all(self.tasks);
         if tokio::time::timeout(DRAIN_TIMEOUT, all).await.is_err() {
             tracing::warn!("consumers did not drain in time");
         }
+        for topic in &self.topics {
+            if let Err(e) = topic.close().await {
+                tracing::error!(error = %e, topic = topic.name(), "closing the topic failed");
+            }
+        }
         if let Err(e) = self.services.store.close().await {
-            tracing::error!(error = %e, "final flush failed");
+            tracing::error!(error = %e, "closing the store failed");
         }
     }
 }
@@ -207,8 +224,10 @@ async fn start_consumers(
     Ok((tasks, published))
 }
 
-/// `herald serve`: runs until SIGINT/SIGTERM, then stops accepting,
-/// drains the consumers, flushes and returns.
+/// `herald serve`: runs until SIGINT/SIGTERM, then stops accepting, lets
+/// HTTP requests finish and STOMP connections answer what they read and
+/// close (1001, going away), drains the consumers, closes the backends and
+/// returns.
 pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let metrics = crate::telemetry::metrics_handle();
     let listen = cfg.listen.clone();
@@ -219,10 +238,26 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     tracing::info!(%listen, "herald listening");
+    let connections = node.services.connections.clone();
+    let stopping = async move {
+        shutdown_signal().await;
+        tracing::info!(
+            connections = connections.count(),
+            "stopping: closing connections"
+        );
+        connections.ask_to_leave();
+    };
     poem::Server::new_with_acceptor(acceptor)
-        .run_with_graceful_shutdown(app, shutdown_signal(), Some(Duration::from_secs(2)))
+        .run_with_graceful_shutdown(app, stopping, Some(REQUESTS_TIMEOUT))
         .await
         .with_context(|| format!("cannot serve on {listen}"))?;
+    let connections = &node.services.connections;
+    if !connections.all_left(LEAVE_TIMEOUT).await {
+        tracing::warn!(
+            left = connections.count(),
+            "connections did not close in time"
+        );
+    }
     tracing::info!("stopping: draining consumers");
     node.stop().await;
     tracing::info!("stopped");

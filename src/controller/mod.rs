@@ -122,6 +122,10 @@ fn healthz() -> &'static str {
 
 #[handler]
 async fn readyz(services: Data<&Services>) -> Response {
+    // A stopping node takes no new clients: balancers should route around it.
+    if services.connections.stopping() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "not ready: stopping").into_response();
+    }
     match services.store.ping().await {
         Ok(()) => "ready".into_response(),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}")).into_response(),

@@ -980,6 +980,6 @@ impl Store for SqliteStore {
     }
 
     async fn close(&self) -> BackendResult<()> {
-        self.writer.flush().await
+        self.writer.close().await
     }
 }

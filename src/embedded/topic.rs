@@ -206,6 +206,12 @@ impl DurableTopic for SqliteTopic {
             readers: self.readers.clone(),
         }))
     }
+
+    /// Topics share `topics.db`: the first close closes it for all of
+    /// them, later ones find it closed.
+    async fn close(&self) -> BackendResult<()> {
+        self.writer.close().await
+    }
 }
 
 /// Prune the log once this many consumed records have piled up.

@@ -103,7 +103,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Answers when the backend can serve.
     async fn ping(&self) -> BackendResult<()>;
-    /// Flushes what is pending; called on shutdown.
+    /// Makes everything written durable and releases the backend; called
+    /// once the node is stopping and its consumers drained. Later calls
+    /// fail with `Closed` (closing again is a no-op).
     async fn close(&self) -> BackendResult<()>;
 }
 
@@ -162,6 +164,9 @@ pub trait DurableTopic: Send + Sync + 'static {
         group: &str,
         resume_after: Option<u64>,
     ) -> BackendResult<Box<dyn TopicConsumer>>;
+    /// Makes everything published durable and releases the topic, as
+    /// `Store::close` does.
+    async fn close(&self) -> BackendResult<()>;
 }
 
 /// One record of a topic. The payload is shared, not copied, between the

@@ -4,6 +4,7 @@
 pub mod acks;
 pub mod auth;
 pub mod backend;
+pub mod connections;
 pub mod delivery;
 pub mod directory;
 pub mod messages;
@@ -18,6 +19,7 @@ use crate::model::IdGenerator;
 
 pub use acks::AckService;
 pub use auth::AuthService;
+pub use connections::LiveConnections;
 pub use delivery::DeliveryHub;
 pub use directory::Directory;
 pub use messages::MessageService;
@@ -37,4 +39,5 @@ pub struct Services {
     pub redelivery: Arc<RedeliveryTracker>,
     pub stored: Arc<Watermark>,
     pub store: Arc<dyn backend::Store>,
+    pub connections: LiveConnections,
 }

@@ -360,6 +360,16 @@ impl TestServer {
         }
     }
 
+    /// Sends SIGTERM: the server stops gracefully.
+    pub fn terminate(&mut self) {
+        let pid = self.pid().expect("server is not running");
+        let status = Proc::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "SIGTERM the server: {status}");
+    }
+
     /// Waits until the server exits by itself; panics after `within`.
     /// Async: the test's own tasks (clients of the server) go on meanwhile.
     pub async fn wait_for_exit(&mut self, within: Duration) -> std::process::ExitStatus {
@@ -759,6 +769,8 @@ pub struct Stomp {
     pub rx_kinds: Vec<bool>,
     pub connected: Option<Frame>,
     pub closed: Option<String>,
+    /// The code and reason of the server's WebSocket close frame, if any.
+    pub close_frame: Option<(u16, String)>,
     next_receipt: u64,
 }
 
@@ -808,6 +820,7 @@ impl Stomp {
             rx_kinds: Vec::new(),
             connected: None,
             closed: None,
+            close_frame: None,
             next_receipt: 0,
         })
     }
@@ -923,6 +936,9 @@ impl Stomp {
             Some(Ok(Message::Text(t))) => (Bytes::from(t), false),
             Some(Ok(Message::Binary(b))) => (b, true),
             Some(Ok(Message::Close(c))) => {
+                self.close_frame = c
+                    .as_ref()
+                    .map(|c| (u16::from(c.code), c.reason.to_string()));
                 return Err(self.mark_closed(format!("close frame {c:?}")));
             }
             Some(Ok(_)) => return Ok(()), // ping / pong

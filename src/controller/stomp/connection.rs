@@ -10,7 +10,7 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesOrdered, SplitSink};
 use futures_util::{SinkExt, StreamExt};
-use poem::web::websocket::{Message, WebSocketStream};
+use poem::web::websocket::{CloseCode, Message, WebSocketStream};
 use tokio::sync::{mpsc, Notify};
 
 use super::destination::{self, SendTarget, SubscribeTarget, TopicName};
@@ -19,6 +19,7 @@ use crate::error::{AppError, AppResult};
 use crate::model::dto::{SendAck, SendErrorVo, SendReq, StompAckReq};
 use crate::model::{parse_id, AckCommand, InboxStatus};
 use crate::service::acks::{parse_ack_type, parse_message_ids};
+use crate::service::connections::LiveConnection;
 use crate::service::delivery::{Broadcast, Outbound, UserEvent};
 use crate::service::redelivery::Verdict;
 use crate::service::Services;
@@ -112,12 +113,20 @@ struct Connection {
     last_write: Instant,
     disconnect_receipt: Option<String>,
     closing: bool,
+    /// The node is stopping: read nothing more, finish the sends in
+    /// flight, then close with 1001 (going away) so clients reconnect.
+    leaving: bool,
     heartbeat_due: bool,
     /// Set by CONNECT, taken by the connection loop.
     pending_registration: Option<(mpsc::Receiver<Outbound>, Arc<Notify>)>,
 }
 
-pub async fn serve(socket: WebSocketStream, services: Services) {
+/// Why a stopping node closes its connections (WebSocket close reason).
+const LEAVING_REASON: &str = "server shutting down";
+/// How long a closing connection waits for the client's close frame.
+const CLOSE_HANDSHAKE: Duration = Duration::from_secs(1);
+
+pub async fn serve(socket: WebSocketStream, services: Services, live: LiveConnection) {
     let (sink, mut stream) = socket.split();
     let limits = Limits {
         max_frame_bytes: services.config.max_frame_bytes,
@@ -138,6 +147,7 @@ pub async fn serve(socket: WebSocketStream, services: Services) {
         last_write: now,
         disconnect_receipt: None,
         closing: false,
+        leaving: false,
         heartbeat_due: false,
         pending_registration: None,
     };
@@ -152,7 +162,11 @@ pub async fn serve(socket: WebSocketStream, services: Services) {
         let step = tokio::select! {
             _ = kill.notified() => Err(Fatal::new("slow consumer: too many undelivered messages", None)),
             _ = &mut connect_deadline, if !connected => Err(Fatal::new("no CONNECT frame in time", None)),
-            msg = stream.next(), if conn.in_flight.len() < MAX_IN_FLIGHT && conn.disconnect_receipt.is_none() => {
+            _ = live.asked_to_leave(), if !conn.leaving => {
+                conn.leaving = true;
+                Ok(())
+            }
+            msg = stream.next(), if conn.in_flight.len() < MAX_IN_FLIGHT && conn.disconnect_receipt.is_none() && !conn.leaving => {
                 match msg {
                     Some(Ok(m)) => conn.on_ws_message(m).await,
                     _ => break,
@@ -182,6 +196,8 @@ pub async fn serve(socket: WebSocketStream, services: Services) {
                 conn.outgoing.push(frames::receipt(&r));
                 conn.closing = true;
             }
+            // A leaving connection goes once every send it read is answered.
+            conn.closing |= conn.leaving;
         }
         if conn.flush().await.is_err() {
             break;
@@ -195,8 +211,17 @@ pub async fn serve(socket: WebSocketStream, services: Services) {
             }
         }
     }
-    let _ = conn.sink.close().await;
     conn.cleanup();
+    if conn.leaving {
+        let away = Message::Close(Some((CloseCode::Away, LEAVING_REASON.into())));
+        let _ = conn.sink.send(away).await;
+    }
+    let _ = conn.sink.close().await;
+    // Read (and drop) what the client still sends until it answers our
+    // close: a socket closed with unread input is reset, and the reset can
+    // destroy our close frame, or an ERROR, on its way to the client.
+    let answered = async { while let Some(Ok(_)) = stream.next().await {} };
+    let _ = tokio::time::timeout(CLOSE_HANDSHAKE, answered).await;
 }
 
 async fn recv_opt(rx: &mut Option<mpsc::Receiver<Outbound>>) -> Option<Outbound> {

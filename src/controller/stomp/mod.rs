@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use poem::web::websocket::{WebSocket, WebSocketConfig};
 use poem::web::Data;
-use poem::{handler, IntoResponse};
+use poem::{handler, FromRequest, IntoResponse, Request, Response};
 
+use crate::error::AppError;
 use crate::service::Services;
 
 /// WebSocket subprotocols offered, best first.
@@ -19,8 +20,13 @@ pub const SUBPROTOCOLS: [&str; 3] = ["v12.stomp", "v11.stomp", "v10.stomp"];
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[handler]
-pub async fn ws_endpoint(ws: WebSocket, services: Data<&Services>) -> impl IntoResponse {
+pub async fn ws_endpoint(req: &Request, services: Data<&Services>) -> poem::Result<Response> {
     let services = services.0.clone();
+    // Before the upgrade is even looked at: a stopping node takes nobody.
+    let Some(live) = services.connections.enter() else {
+        return Err(AppError::Unavailable("the server is stopping".into()).into());
+    };
+    let ws = WebSocket::from_request_without_body(req).await?;
     let max_frame = services.config.max_frame_bytes;
     // Small buffers: an idle connection should cost a few KiB, not the
     // library defaults' hundreds. Messages may carry up to a whole frame
@@ -31,7 +37,9 @@ pub async fn ws_endpoint(ws: WebSocket, services: Data<&Services>) -> impl IntoR
         .max_write_buffer_size(max_frame.saturating_mul(4).max(1 << 20))
         .max_message_size(Some(max_frame + 64 * 1024))
         .max_frame_size(Some(max_frame + 64 * 1024));
-    ws.protocols(SUBPROTOCOLS)
+    Ok(ws
+        .protocols(SUBPROTOCOLS)
         .config(config)
-        .on_upgrade(move |socket| connection::serve(socket, services))
+        .on_upgrade(move |socket| connection::serve(socket, services, live))
+        .into_response())
 }
