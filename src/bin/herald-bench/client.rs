@@ -16,7 +16,9 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::cli::{Common, TargetKind};
 use crate::stats::{Payload, Shared};
-use crate::stomp_client::{error_text, to_message, within, Conn, WsSink, WsStream};
+use crate::stomp_client::{
+    closed_by_server, error_text, to_message, within, Conn, WsSink, WsStream,
+};
 
 /// Subscription ids used on herald.
 const SUB_MESSAGES: &str = "m";
@@ -512,7 +514,7 @@ async fn reader_loop(
             match stream.next().await {
                 Some(Ok(Message::Text(t))) => decoder.feed(t.as_bytes()),
                 Some(Ok(Message::Binary(b))) => decoder.feed(&b),
-                Some(Ok(Message::Close(c))) => break 'conn format!("closed by the server ({c:?})"),
+                Some(Ok(Message::Close(c))) => break 'conn closed_by_server(c.as_ref()),
                 Some(Ok(_)) => continue,
                 Some(Err(e)) => break 'conn format!("receive failed: {e}"),
                 None => break 'conn "closed by the server".to_string(),

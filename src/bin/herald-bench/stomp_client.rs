@@ -12,6 +12,7 @@ use herald::stomp::{encode_to_vec, Command, Decoded, Decoder, Frame, Limits, Sto
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -135,7 +136,7 @@ impl Conn {
                 Some(Ok(Message::Text(t))) => self.decoder.feed(t.as_bytes()),
                 Some(Ok(Message::Binary(b))) => self.decoder.feed(&b),
                 Some(Ok(Message::Close(c))) => {
-                    bail!("connection closed by the server ({c:?})")
+                    bail!("connection {}", closed_by_server(c.as_ref()))
                 }
                 Some(Ok(_)) => {}
                 Some(Err(e)) => return Err(anyhow!(e).context("WebSocket receive failed")),
@@ -188,5 +189,38 @@ pub async fn within<T>(
     match tokio::time::timeout(limit, fut).await {
         Ok(r) => r,
         Err(_) => bail!("no answer within {:.1} s", limit.as_secs_f64()),
+    }
+}
+
+/// "closed by the server", with the code and reason of its close frame.
+pub fn closed_by_server(frame: Option<&CloseFrame>) -> String {
+    match frame {
+        Some(f) if f.reason.is_empty() => format!("closed by the server ({})", u16::from(f.code)),
+        Some(f) => format!("closed by the server ({}: {})", u16::from(f.code), f.reason),
+        None => "closed by the server".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+    #[test]
+    fn a_close_is_told_by_its_code_and_reason() {
+        let away = CloseFrame {
+            code: CloseCode::Away,
+            reason: "server shutting down".into(),
+        };
+        assert_eq!(
+            closed_by_server(Some(&away)),
+            "closed by the server (1001: server shutting down)"
+        );
+        let bare = CloseFrame {
+            code: CloseCode::Normal,
+            reason: "".into(),
+        };
+        assert_eq!(closed_by_server(Some(&bare)), "closed by the server (1000)");
+        assert_eq!(closed_by_server(None), "closed by the server");
     }
 }
