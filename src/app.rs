@@ -28,6 +28,8 @@ const EVENT_QUEUE: usize = 64;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(6);
 /// Time allowed on shutdown for HTTP requests under way to finish.
 const REQUESTS_TIMEOUT: Duration = Duration::from_secs(2);
+/// The exit status when a second signal cuts the stop short.
+pub const SECOND_SIGNAL_EXIT: i32 = 130;
 /// Time allowed on shutdown for STOMP connections to answer the sends they
 /// read and close.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -246,6 +248,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
             "stopping: closing connections"
         );
         connections.ask_to_leave();
+        tokio::spawn(exit_on_second_signal());
     };
     poem::Server::new_with_acceptor(acceptor)
         .run_with_graceful_shutdown(app, stopping, Some(REQUESTS_TIMEOUT))
@@ -262,6 +265,15 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     node.stop().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A second SIGINT/SIGTERM while stopping exits at once: whoever sends it
+/// does not want to wait (a client that stops reading can hold the stop
+/// for its 5 s), and every send that was acked is durable anyway.
+async fn exit_on_second_signal() {
+    shutdown_signal().await;
+    tracing::warn!("second signal: exiting without finishing the stop");
+    std::process::exit(SECOND_SIGNAL_EXIT);
 }
 
 async fn shutdown_signal() {

@@ -117,6 +117,33 @@ async fn sigterm_answers_what_was_read_closes_with_going_away_and_empties_the_wa
         .any(|m| m["messageId"].as_str() == Some(before_id.as_str())));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_cuts_the_stop_short() {
+    let mut srv = server();
+    let _log = srv.log_guard();
+    let alice = srv.api().new_user().await;
+    // Never read again: the server waits (1 s) for this client to answer
+    // its close frame, so the first stop lasts at least that long.
+    let _silent = srv.stomp(&alice.token).await;
+    srv.terminate();
+    let deadline = std::time::Instant::now() + CLOSE_WITHIN;
+    while !srv.log_tail(50).contains("stopping: closing connections") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first SIGTERM was not seen"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    srv.terminate();
+    let status = srv.wait_for_exit(Duration::from_secs(20)).await;
+    assert_eq!(
+        status.code(),
+        Some(herald::app::SECOND_SIGNAL_EXIT),
+        "the second SIGTERM exits at once: {status}"
+    );
+    assert!(srv.log_tail(50).contains("second signal"));
+}
+
 /// In-process, so that the moment between "asked to leave" and "stopped"
 /// can be held open and looked at.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
