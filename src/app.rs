@@ -28,11 +28,11 @@ const EVENT_QUEUE: usize = 64;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(6);
 /// Time allowed on shutdown for HTTP requests under way to finish.
 const REQUESTS_TIMEOUT: Duration = Duration::from_secs(2);
-/// The exit status when a second signal cuts the stop short.
-pub const SECOND_SIGNAL_EXIT: i32 = 130;
 /// Time allowed on shutdown for STOMP connections to answer the sends they
 /// read and close.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The exit status when a second signal cuts the stop short.
+pub const SECOND_SIGNAL_EXIT: i32 = 130;
 
 /// A node with its background tasks.
 pub struct Node {
