@@ -35,7 +35,7 @@ async fn sigterm_answers_what_was_read_closes_with_going_away_and_empties_the_wa
     let before = send_req_user(&bob.user_id, "before", &unique("c"));
     let before_id = assert_send_ack(
         &sender.send_message(&before, "ack").await,
-        &unique_cmid(&before),
+        &cmid_of(&before),
     );
 
     let burst: Vec<_> = (0..BURST)
@@ -91,7 +91,7 @@ async fn sigterm_answers_what_was_read_closes_with_going_away_and_empties_the_wa
     srv.restart();
     let api = srv.api();
     for req in &burst {
-        let cmid = unique_cmid(req);
+        let cmid = cmid_of(req);
         let ack = api
             .send(&alice, req)
             .await
@@ -186,7 +186,8 @@ async fn a_stopping_node_is_not_ready_and_lets_no_new_connection_in() {
     node.stop().await;
 }
 
-fn unique_cmid(req: &serde_json::Value) -> String {
+/// The `clientMessageId` of a send request.
+fn cmid_of(req: &serde_json::Value) -> String {
     req["clientMessageId"]
         .as_str()
         .expect("clientMessageId")
