@@ -517,7 +517,7 @@ async fn reader_loop(
                 Some(Ok(Message::Close(c))) => break 'conn closed_by_server(c.as_ref()),
                 Some(Ok(_)) => continue,
                 Some(Err(e)) => break 'conn format!("receive failed: {e}"),
-                None => break 'conn "closed by the server".to_string(),
+                None => break 'conn closed_by_server(None),
             }
             loop {
                 match decoder.next() {

@@ -140,7 +140,7 @@ impl Conn {
                 }
                 Some(Ok(_)) => {}
                 Some(Err(e)) => return Err(anyhow!(e).context("WebSocket receive failed")),
-                None => bail!("connection closed by the server"),
+                None => bail!("connection {}", closed_by_server(None)),
             }
         }
     }
