@@ -427,6 +427,118 @@ fn bench_sync() {
     assert!(v.get("foreign").is_none(), "{v}");
 }
 
+/// A running `herald-bench relay`, killed when dropped.
+struct Relay {
+    child: std::process::Child,
+    url: String,
+    dir: tempfile::TempDir,
+}
+
+impl Relay {
+    fn start() -> Relay {
+        use std::io::BufRead;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_herald-bench"))
+            .args(["relay", "--listen", "127.0.0.1:0", "--answer-sends"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn the relay");
+        let stderr = child.stderr.take().expect("the relay's stderr");
+        let mut first = String::new();
+        std::io::BufReader::new(stderr)
+            .read_line(&mut first)
+            .expect("read the relay's first line");
+        let url = first
+            .trim()
+            .strip_prefix("relay listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line of the relay: {first:?}"))
+            .to_string();
+        let dir = tempfile::tempdir().expect("temp dir");
+        Relay { child, url, dir }
+    }
+
+    /// herald-bench `args` with the stomp target against the relay.
+    fn bench(&self, name: &str, args: &[&str]) -> Vec<Value> {
+        let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let pid = self.child.id().to_string();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald-bench"));
+        cmd.args([
+            "--target",
+            "stomp",
+            "--url",
+            &self.url,
+            "--server-pid",
+            &pid,
+        ])
+        .args(args);
+        let (ok, stdout, stderr) = run_to_files(cmd, self.dir.path(), name);
+        assert!(
+            ok,
+            "herald-bench {args:?} failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+        );
+        stdout
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect()
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The relay (the machine's ceiling) relays every message once, in order,
+/// to queues and topics alike, for the stomp target's rate and fanout.
+#[test]
+fn bench_stomp_target_against_the_relay() {
+    let relay = Relay::start();
+    let lines = relay.bench(
+        "relay-rate",
+        &[
+            "rate",
+            "--clients",
+            "20",
+            "--rate",
+            "200",
+            "--duration",
+            "2",
+            "--warmup",
+            "0.5",
+        ],
+    );
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let v = &lines[0];
+    assert_eq!(v["target"], "stomp", "{v}");
+    let sent = u(v, "sent");
+    assert!(sent.abs_diff(400) <= 1, "200 msg/s for 2 s: {v}");
+    check_delivery(v, sent);
+    check_latency(v);
+    assert!(u(v, "server_rss_kib") > 0, "the relay's RSS: {v}");
+
+    let lines = relay.bench(
+        "relay-fanout",
+        &[
+            "fanout",
+            "--members",
+            "10",
+            "--rate",
+            "20",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.5",
+        ],
+    );
+    let v = &lines[0];
+    let sent = u(v, "sent");
+    check_delivery(v, sent * 9);
+}
+
 // ---------------------------------------------------------------------------
 // scripts/bench_report.py
 // ---------------------------------------------------------------------------

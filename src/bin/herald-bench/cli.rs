@@ -126,6 +126,15 @@ pub enum Scenario {
     Fanout(FanoutArgs),
     /// One user receives K messages while offline, then syncs them over REST.
     Sync(SyncArgs),
+    /// Serve a STOMP relay that stores and checks nothing (not a scenario:
+    /// a server). Driven with `--target stomp`, it shows the most any
+    /// server can reach on this machine with the generator beside it.
+    ///
+    /// A SEND to `/queue/X` (or `/amq/queue/X`) goes to the first
+    /// subscriber of `/queue/X`, one to `/topic/X` to every subscriber;
+    /// ACK and NACK are ignored. Runs on a multi-threaded runtime
+    /// (`--threads`, default: one worker per CPU) until it is stopped.
+    Relay(RelayArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -235,4 +244,15 @@ pub struct SyncArgs {
     /// Timeout for storing all messages, seconds.
     #[arg(long, default_value_t = 300.0)]
     pub send_timeout: f64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RelayArgs {
+    /// Address to listen on (port 0: any free port; the address is printed).
+    #[arg(long, default_value = "127.0.0.1:15999")]
+    pub listen: String,
+    /// Write one more frame (a heart-beat) to the sender of every SEND, as
+    /// Herald writes its SendAck: four frames per message instead of three.
+    #[arg(long)]
+    pub answer_sends: bool,
 }

@@ -6,6 +6,7 @@ mod cli;
 mod client;
 mod herald;
 mod proc;
+mod relay;
 mod scenarios;
 mod stats;
 mod stomp_client;
@@ -17,7 +18,12 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    let threads = cli.common.threads.max(1);
+    let is_relay = matches!(cli.scenario, cli::Scenario::Relay(_));
+    let threads = match cli.common.threads {
+        // A relay is a server: it gets the machine's cores unless told.
+        1 if is_relay => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        n => n.max(1),
+    };
     let runtime = if threads == 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()

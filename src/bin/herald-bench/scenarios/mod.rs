@@ -31,6 +31,20 @@ pub struct Env {
 }
 
 impl Env {
+    /// The target of `common`, with a REST client for Herald.
+    fn new(common: Common) -> Result<Env> {
+        let target = Arc::new(Target::from_common(&common)?);
+        let rest = match target.kind {
+            TargetKind::Herald => Some(Rest::new(&target.base_url)?),
+            TargetKind::Stomp => None,
+        };
+        Ok(Env {
+            common,
+            target,
+            rest,
+        })
+    }
+
     pub fn rest(&self) -> Result<&Rest> {
         match &self.rest {
             Some(r) => Ok(r),
@@ -75,22 +89,14 @@ impl Env {
 
 /// Runs the scenario; the exit code is non-zero when connections failed.
 pub async fn run(cli: Cli) -> Result<ExitCode> {
-    let target = Arc::new(Target::from_common(&cli.common)?);
-    let rest = match target.kind {
-        TargetKind::Herald => Some(Rest::new(&target.base_url)?),
-        TargetKind::Stomp => None,
-    };
-    let env = Env {
-        common: cli.common,
-        target,
-        rest,
-    };
+    let common = cli.common;
     match cli.scenario {
-        Scenario::Rate(a) => rate::run_rate(&env, &a).await,
-        Scenario::FindMax(a) => rate::run_find_max(&env, &a).await,
-        Scenario::Idle(a) => idle::run(&env, &a).await,
-        Scenario::Fanout(a) => fanout::run(&env, &a).await,
-        Scenario::Sync(a) => sync::run(&env, &a).await,
+        Scenario::Rate(a) => rate::run_rate(&Env::new(common)?, &a).await,
+        Scenario::FindMax(a) => rate::run_find_max(&Env::new(common)?, &a).await,
+        Scenario::Idle(a) => idle::run(&Env::new(common)?, &a).await,
+        Scenario::Fanout(a) => fanout::run(&Env::new(common)?, &a).await,
+        Scenario::Sync(a) => sync::run(&Env::new(common)?, &a).await,
+        Scenario::Relay(a) => crate::relay::run(&a).await.map(|()| ExitCode::SUCCESS),
     }
 }
 
