@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Herald against RabbitMQ Web-STOMP, side by side on this machine, with
 # herald-bench (src/bin/herald-bench) and, for the fixed-rate case, also an
-# independent stomp.js generator (bench/stompjs). One server at a time,
-# alternating Herald / RabbitMQ for ROUNDS rounds; every JSON line the
-# generators print is kept (annotated with round, server and case) in
-# docs/bench/results-<timestamp>.jsonl, then scripts/bench_report.py writes
-# docs/BENCHMARKS.md and docs/bench/latency-vs-rate.svg from that file.
+# independent stomp.js generator (bench/stompjs), and the relay
+# (`herald-bench relay`, a STOMP broker that stores and checks nothing: the
+# most any server can reach on this machine with the generator beside it).
+# One server at a time, alternating Herald / RabbitMQ / relay for ROUNDS
+# rounds; every JSON line the generators print is kept (annotated with
+# round, server and case) in docs/bench/results-<timestamp>.jsonl, then
+# scripts/bench_report.py writes docs/BENCHMARKS.md and
+# docs/bench/latency-vs-rate.svg from that file.
 #
 # Cases, per round and server, in this order:
 #   fixed     CLIENTS clients, durable 1:1 chat at a fixed FIXED_RATE msg/s
@@ -25,6 +28,8 @@
 #   sync      SYNC_MESSAGES offline messages pulled over REST (Herald only)
 #   idle      IDLE_CONNECTIONS idle subscribed connections: server RSS per
 #             connection (RabbitMQ: RSS of its beam.smp)
+# The relay runs only fixed and find-max (it has no REST and stores
+# nothing, so stompjs, fanout, sync and idle would tell nothing of a server).
 #
 # One server at a time, and every case starts clean. Herald: each round
 # gets a fresh temporary data directory where the users are registered once
@@ -32,9 +37,12 @@
 # a copy of that directory, stopped with SIGTERM afterwards, so Herald is
 # not running while RabbitMQ is measured. RabbitMQ (a system service) keeps
 # running, idle while Herald is measured: each of its cases gets a fresh
-# vhost, deleted at the end of its turn. Before every case the script waits
-# (up to QUIET_TIMEOUT s) until the whole machine is under QUIET_PCT % CPU,
-# and records what it measured (cpu_busy_before_pct).
+# vhost, deleted at the end of its turn. The relay: every case on a fresh
+# `herald-bench relay --listen 127.0.0.1:RELAY_PORT --answer-sends` process
+# (driven with the same STOMP frames as RabbitMQ), killed afterwards. Before
+# every case the script waits (up to QUIET_TIMEOUT s) until the whole
+# machine is under QUIET_PCT % CPU, and records what it measured
+# (cpu_busy_before_pct).
 #
 # Knobs (environment): see the "Knobs" block below. Examples:
 #   scripts/bench-vs-rabbitmq.sh                         # the full run
@@ -54,7 +62,7 @@ ROOT=$PWD
 
 KNOB_NAMES=(ROUNDS SERVERS SCENARIOS CLIENTS START_RATE STEP STEP_DURATION P99_MS MAX_STEPS REFINE
     FIXED_RATE FIXED_DURATION FANOUT_MEMBERS FANOUT_RATE FANOUT_DURATION SYNC_MESSAGES
-    IDLE_CONNECTIONS IDLE_CONNS_PER_USER IDLE_SETTLE GEN_THREADS HERALD_PORT RABBIT_URL
+    IDLE_CONNECTIONS IDLE_CONNS_PER_USER IDLE_SETTLE GEN_THREADS HERALD_PORT RELAY_PORT RABBIT_URL
     RABBIT_VHOST RABBITMQ_RESTART QUIET_PCT QUIET_TIMEOUT SKIP_BUILD BEFORE)
 # The knobs the caller set, for the record of the exact command.
 INVOCATION=""
@@ -67,7 +75,7 @@ INVOCATION+="scripts/bench-vs-rabbitmq.sh"
 
 # ---------------------------------------------------------------- Knobs
 ROUNDS=${ROUNDS:-3}
-SERVERS=${SERVERS:-"herald rabbitmq"}
+SERVERS=${SERVERS:-"herald rabbitmq relay"}
 SCENARIOS=${SCENARIOS:-"fixed stompjs find-max fanout sync idle"}
 CLIENTS=${CLIENTS:-1000}
 START_RATE=${START_RATE:-1000}
@@ -89,6 +97,7 @@ IDLE_CONNS_PER_USER=${IDLE_CONNS_PER_USER:-$(((IDLE_CONNECTIONS + CLIENTS - 1) /
 IDLE_SETTLE=${IDLE_SETTLE:-5}
 GEN_THREADS=${GEN_THREADS:-1}
 HERALD_PORT=${HERALD_PORT:-18980}
+RELAY_PORT=${RELAY_PORT:-18990}
 RABBIT_URL=${RABBIT_URL:-ws://127.0.0.1:15674/ws}
 RABBIT_VHOST=${RABBIT_VHOST:-herald-bench}
 RABBIT_LOGIN=${RABBIT_LOGIN:-guest}
@@ -370,6 +379,42 @@ herald_stop() {
     HERALD_PID=""
 }
 
+# ---------------------------------------------------------------- Relay
+RELAY_PID=""
+
+# relay_start CASE: a fresh relay, its output in $WORK/round<N>-relay-CASE.log.
+relay_start() {
+    local log=$WORK/round$ROUND-relay-$1.log
+    port_open "$RELAY_PORT" && die "port $RELAY_PORT is in use (set RELAY_PORT)"
+    "$BENCH" relay --listen "127.0.0.1:$RELAY_PORT" --answer-sends >>"$log" 2>&1 &
+    RELAY_PID=$!
+    local deadline=$((SECONDS + 30))
+    until grep -q '^relay listening on ' "$log" || port_open "$RELAY_PORT"; do
+        if ! kill -0 "$RELAY_PID" 2>/dev/null || ((SECONDS >= deadline)); then
+            tail -n 30 "$log" >&2 || true
+            die "the relay did not start listening on 127.0.0.1:$RELAY_PORT"
+        fi
+        sleep 0.2
+    done
+    log "relay pid $RELAY_PID on ws://127.0.0.1:$RELAY_PORT/ws (log $log)"
+}
+
+# The relay keeps nothing to flush: SIGTERM ends it at once.
+relay_stop() {
+    [[ -n $RELAY_PID ]] || return 0
+    kill -TERM "$RELAY_PID" 2>/dev/null || true
+    local deadline=$((SECONDS + 10))
+    while kill -0 "$RELAY_PID" 2>/dev/null; do
+        if ((SECONDS >= deadline)); then
+            log "warning: the relay ignored SIGTERM for 10 s: SIGKILL"
+            kill -KILL "$RELAY_PID" 2>/dev/null || true
+        fi
+        sleep 0.2
+    done
+    wait "$RELAY_PID" 2>/dev/null || true
+    RELAY_PID=""
+}
+
 # ---------------------------------------------------------------- stomp.js
 # Node and the generator's dependencies (npm ci when node_modules is
 # missing or older than the lock file).
@@ -566,6 +611,35 @@ rabbit_turn() {
     rabbit_reset_vhost delete
 }
 
+# One case on a fresh relay process. --durable: the same frames as
+# RabbitMQ's (the relay ignores the headers).
+relay_case() {
+    local case=$1
+    shift
+    relay_start "$case"
+    run_case relay "$case" --target stomp --url "ws://127.0.0.1:$RELAY_PORT/ws" --durable \
+        --server-pid "$RELAY_PID" "$@"
+    relay_stop
+}
+
+relay_turn() {
+    local case skipped=()
+    for case in $SCENARIOS; do
+        [[ $case == fixed || $case == find-max ]] || skipped+=("$case")
+    done
+    if ((${#skipped[@]})); then
+        log "round $ROUND relay: skipping ${skipped[*]} (the relay runs only fixed and find-max: no REST, no sync, stores nothing)"
+    fi
+    if has "$SCENARIOS" fixed; then
+        relay_case fixed rate --clients "$CLIENTS" --rate "$FIXED_RATE" --duration "$FIXED_DURATION"
+    fi
+    if has "$SCENARIOS" find-max; then
+        relay_case find-max find-max --clients "$CLIENTS" --start-rate "$START_RATE" \
+            --step "$STEP" --step-duration "$STEP_DURATION" --p99-ms "$P99_MS" \
+            --max-steps "$MAX_STEPS" --refine "$REFINE"
+    fi
+}
+
 meta_record() {
     local rabbit_version="" erlang_version="" rabbit_nofile_limit="" pid git_rev
     if has "$SERVERS" rabbitmq; then
@@ -574,6 +648,10 @@ meta_record() {
         if pid=$(rabbit_pid); then
             rabbit_nofile_limit=$(rabbit_nofile "$pid")
         fi
+    fi
+    local relay_cmd=""
+    if has "$SERVERS" relay; then
+        relay_cmd="$BENCH relay --listen 127.0.0.1:$RELAY_PORT --answer-sends  # a fresh process per case"
     fi
     local node_version="" stompjs_version=""
     if has "$SCENARIOS" stompjs; then
@@ -613,6 +691,7 @@ print(json.dumps(dict(zip(a[0::2], a[1::2]))))' \
         rabbitmq_url "$RABBIT_URL" \
         rabbitmq_vhost "$RABBIT_VHOST" \
         herald_cmd "env ${HERALD_BENCH_ENV[*]} $HERALD_BIN serve --listen 127.0.0.1:$HERALD_PORT --data-dir \$WORK/round<N>-herald/data  # a copy of the round's snapshot, per case" \
+        relay_cmd "$relay_cmd" \
         herald_env_inherited "$(env | grep '^HERALD_' | sort | tr '\n' ' ' || true)" \
         nofile "$(ulimit -n)" \
         work_dir "$WORK" \
@@ -631,6 +710,7 @@ print(json.dumps(dict(zip(a[0::2], a[1::2]))))' \
 cleanup() {
     local rc=$?
     herald_stop
+    relay_stop
     if [[ -n ${WORK:-} && -d $WORK ]]; then
         if ((KEEP_WORK)) || ((rc != 0)); then
             log "work directory kept: $WORK"
@@ -690,6 +770,9 @@ main() {
         fi
         if has "$SERVERS" rabbitmq; then
             rabbit_turn
+        fi
+        if has "$SERVERS" relay; then
+            relay_turn
         fi
     done
     printf '{"case":"end","finished_utc":"%s"}\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" >>"$RESULTS"
