@@ -5,8 +5,10 @@ scripts/bench-vs-rabbitmq.sh (standard library only).
 Every number in the report comes from the results file (or the --before
 file): medians, min-max spreads and ratios are computed from the recorded
 JSON lines of herald-bench and of the stomp.js generator (case `stompjs`,
-bench/stompjs; results files older than that case simply lack it);
-nothing is estimated or filled in.
+bench/stompjs; results files older than that case simply lack it) and
+of the relay (server `relay`: `herald-bench relay`, a STOMP broker that
+stores and checks nothing, the machine's ceiling; older results files lack
+it, and then so does the report); nothing is estimated or filled in.
 
 Usage:
   scripts/bench_report.py docs/bench/results-<ts>.jsonl \
@@ -23,8 +25,11 @@ import statistics
 import sys
 
 SERVERS = ("herald", "rabbitmq")
-LABEL = {"herald": "Herald", "rabbitmq": "RabbitMQ Web-STOMP"}
-COLOR = {"herald": "#1f77b4", "rabbitmq": "#ff7f0e", "before": "#7f7f7f"}
+# Not a server under test: what any server can reach on the machine.
+RELAY = "relay"
+LABEL = {"herald": "Herald", "rabbitmq": "RabbitMQ Web-STOMP", RELAY: "relay (stores nothing)"}
+RELAY_COLUMN = "relay (stores nothing: the machine's ceiling)"
+COLOR = {"herald": "#1f77b4", "rabbitmq": "#ff7f0e", RELAY: "#2ca02c", "before": "#7f7f7f"}
 
 # What the issue's bar is measured with; a run with other knobs says so.
 BAR_CONFIG = {
@@ -69,7 +74,7 @@ class Results:
                     self.meta = rec
                 elif case == "end":
                     self.end = rec
-                elif rec.get("server") in SERVERS and case:
+                elif rec.get("server") in SERVERS + (RELAY,) and case:
                     self.records.append(rec)
 
     def rounds(self):
@@ -323,24 +328,32 @@ def results_section(res):
         "Ratio: Herald's advantage, i.e. Herald/RabbitMQ for rates and "
         "RabbitMQ/Herald for latencies, CPU and KiB per connection "
         "(above 1× = Herald better)."
+        + (" Last column: `herald-bench relay`, a STOMP broker that stores and checks "
+           "nothing, driven with the same frames as RabbitMQ: the most any server can reach "
+           "on this machine with the generator beside it (find-max and fixed rate only)."
+           if relay_ran(res) else "")
     )
     out.append("")
-    out += ["| Metric | Unit | Herald | RabbitMQ Web-STOMP | Ratio |", "|---|---|---|---|---|"]
+    relay = relay_ran(res)
+    head = "| Metric | Unit | Herald | RabbitMQ Web-STOMP | Ratio |"
+    out += [head + (f" {RELAY_COLUMN} |" if relay else ""),
+            "|---|---|---|---|---|" + ("---|" if relay else "")]
     any_row = False
     for m in METRICS:
         h = summary(m.values(res, "herald"))
         r = summary(m.values(res, "rabbitmq"))
-        if h is None and r is None:
+        c = summary(m.values(res, RELAY))
+        if h is None and r is None and c is None:
             continue
         any_row = True
         out.append(
             f"| {m.label} | {m.unit} | {fmt_summary(h)} | {fmt_summary(r)} | "
-            f"{fmt_ratio(ratio_of(m, h, r))} |"
+            f"{fmt_ratio(ratio_of(m, h, r))} |" + (f" {fmt_summary(c)} |" if relay else "")
         )
     if not any_row:
         out.append("| (no results) | | | | |")
     out.append("")
-    for server in SERVERS:
+    for server in SERVERS + (RELAY,):
         note = lower_bound_note(res, server)
         if note:
             out += [f"Note: {note}", ""]
@@ -384,7 +397,7 @@ def per_round_section(res):
     out.append("|---|---|" + "---|" * len(rounds))
     for label in KEY_METRICS:
         m = METRICS_BY_LABEL[label]
-        for s in SERVERS:
+        for s in SERVERS + (RELAY,):
             vals = m.values(res, s)
             if not vals:
                 continue
@@ -434,7 +447,7 @@ def steps_section(res):
         out.append(f"| {fmt(rate)} | " + " | ".join(cells) + " |")
     out.append("")
     stops = []
-    for s in SERVERS:
+    for s in SERVERS + (RELAY,):
         for rnd, recs in sorted(res.runs(s, "find-max").items(), key=lambda kv: str(kv[0])):
             h = headline(recs)
             if h and h.get("stop_reason"):
@@ -505,6 +518,7 @@ def bar_section(res):
     out += ["| Target | Measured (medians) | Met |", "|---|---|---|"]
     out += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     out.append("")
+    out += ceiling_lines(res, h, r)
     if has_stompjs:
         out.append(
             "The fixed rate is measured twice per server and round: with herald-bench and with "
@@ -519,6 +533,42 @@ def bar_section(res):
         )
     out.append("")
     return out
+
+
+def ceiling_lines(res, h, r):
+    """The relay's find-max (the machine's ceiling) against RabbitMQ × 10 and
+    Herald's share of it (h, r: Herald's and RabbitMQ's medians); nothing for
+    results without the relay."""
+    s = summary(METRICS_BY_LABEL["find-max: highest good rate (durable 1:1)"].values(res, RELAY))
+    if s is None or not s[0]:
+        return []
+    c = s[0]
+    line = (f"**The machine's ceiling** (find-max of `herald-bench relay`, a STOMP broker that "
+            f"stores and checks nothing, median of {s[3]} run(s)): ceiling {fmt(c)} msg/s")
+    if lower_bound_note(res, RELAY):
+        line += " (a lower bound: see the note under Results)"
+    if r:
+        bar = 10 * r
+        if c < bar:
+            line += f" < 10 × RabbitMQ {fmt(bar)} msg/s: "
+            line += ("inconclusive, the ceiling is a lower bound." if lower_bound_note(res, RELAY)
+                     else "no server can meet the 10× bar on this machine.")
+        else:
+            line += f" ≥ 10 × RabbitMQ {fmt(bar)} msg/s: "
+            line += ("inconclusive, RabbitMQ's rate is a lower bound."
+                     if lower_bound_note(res, "rabbitmq")
+                     else "the machine leaves room for the 10× bar.")
+    else:
+        line += ": RabbitMQ not measured."
+    if h is not None:
+        line += (f" Herald reaches {100 * h / c:.0f}% of the ceiling "
+                 f"(Herald/relay = {fmt(h)} / {fmt(c)} msg/s = {fmt_ratio(h / c)}).")
+    return [line, ""]
+
+
+def relay_ran(res):
+    """Whether the results have any record of the relay."""
+    return any(r.get("server") == RELAY for r in res.records)
 
 
 def stompjs_ran(res):
@@ -649,6 +699,17 @@ def commands_section(res):
         "headers, so RabbitMQ does not wait for its disk before routing a message.",
         "",
     ]
+    if relay_ran(res):
+        out += [
+            "The relay (the machine's ceiling): every case on a fresh process, killed "
+            "afterwards; herald-bench drives it with `--target stomp --durable`, the same "
+            "frames as RabbitMQ's (the relay ignores the headers):",
+            "",
+            "```sh",
+            short_cmd(m.get("relay_cmd") or "(not recorded)", res),
+            "```",
+            "",
+        ]
     if m.get("herald_env_inherited", "").strip():
         out += [f"Other HERALD_* settings in the environment: `{m['herald_env_inherited'].strip()}`", ""]
     if any(r.get("server") == "rabbitmq" for r in res.records):
@@ -663,7 +724,7 @@ def commands_section(res):
     out += ["Generator commands (round 1; `$WORK` is the run's temporary directory):", ""]
     first = min(res.rounds(), default=None)
     out.append("```sh")
-    for s in SERVERS:
+    for s in SERVERS + (RELAY,):
         for case in ("find-max", "fixed", "stompjs", "fanout", "sync", "idle"):
             recs = res.runs(s, case).get(first, [])
             if recs and recs[0].get("cmd"):
@@ -733,14 +794,15 @@ def reproduce_section(res):
         "STOMP and Web-STOMP on loopback, enables `rabbitmq_stomp` and `rabbitmq_web_stomp` "
         "(restarting RabbitMQ only when needed, e.g. to raise its open-files limit for the "
         "idle case), builds with `cargo build --release --bins`, then runs the rounds: per "
-        "round Herald's cases (fixed, stompjs, find-max, fanout, sync, idle), then RabbitMQ's; "
+        "round Herald's cases (fixed, stompjs, find-max, fanout, sync, idle), then RabbitMQ's, "
+        "then the relay's (`herald-bench relay`: fixed and find-max only); "
         "the stompjs case runs bench/stompjs/stompjs-bench.mjs (Node >= 20, `npm ci` there "
         "when needed) at FIXED_RATE with CLIENTS clients for FIXED_DURATION s. "
         "Knobs are environment variables, listed at the top of the script: ROUNDS, SERVERS, "
         "SCENARIOS, CLIENTS, START_RATE, STEP, STEP_DURATION, P99_MS, MAX_STEPS, FIXED_RATE, "
         "FIXED_DURATION, FANOUT_MEMBERS, FANOUT_RATE, FANOUT_DURATION, SYNC_MESSAGES, "
-        "IDLE_CONNECTIONS, IDLE_CONNS_PER_USER, IDLE_SETTLE, GEN_THREADS. Keep the machine "
-        "otherwise idle: the script waits for a quiet machine before each case and records "
+        "IDLE_CONNECTIONS, IDLE_CONNS_PER_USER, IDLE_SETTLE, GEN_THREADS, RELAY_PORT. Keep the "
+        "machine otherwise idle: the script waits for a quiet machine before each case and records "
         "how busy it was.",
         "",
     ]
@@ -926,7 +988,7 @@ def main(argv=None):
 
     series = [
         (LABEL[s], COLOR[s], False, find_max_steps(res, s))
-        for s in SERVERS
+        for s in SERVERS + (RELAY,)
         if find_max_steps(res, s)
     ]
     if before is not None and find_max_steps(before, "herald"):
