@@ -692,6 +692,27 @@ fn synthetic_results(herald_p99s: [&[f64]; 3]) -> Vec<Value> {
     v
 }
 
+/// `v` (synthetic_results) with the relay's find-max and fixed runs (it has
+/// no other case), one per round, good up to `good_up_to[round - 1]`.
+fn with_relay(mut v: Vec<Value>, good_up_to: [f64; 3]) -> Vec<Value> {
+    let end = v.pop().expect("the end record");
+    for round in 1..=3u32 {
+        // find_max's rates: 1000, 2000, 4000, ...
+        let good = (good_up_to[(round - 1) as usize] / 1000.0).log2() as usize + 1;
+        let p99s: Vec<f64> = (0..good).map(|_| 1.0).chain([80.0]).collect();
+        v.extend(find_max(round, "relay", &p99s));
+        v.push(rec(
+            round,
+            "relay",
+            "fixed",
+            json!({"p50_ms": 0.5, "p99_ms": 1.5, "p999_ms": 3.0, "lost": 0,
+                   "delivered_rate": 2500.0, "server_cpu_pct": 10.0}),
+        ));
+    }
+    v.push(end);
+    v
+}
+
 fn run_report(args: &[&Path]) -> (bool, String, String) {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut cmd = Command::new("python3");
@@ -713,14 +734,18 @@ fn bench_report_on_synthetic_results() {
     let md = dir.path().join("out/BENCHMARKS.md");
     let svg = dir.path().join("out/bench/chart.svg");
     // Herald: 1000, 2000, ... good up to 16000, 32000, 8000 (p99 <= 50).
+    // The relay (the machine's ceiling): 16000, 16000, 32000.
     let five = [1.0, 1.0, 2.0, 3.0, 5.0];
     write_jsonl(
         &results,
-        &synthetic_results([
-            &[five.as_slice(), &[60.0]].concat(),
-            &[five.as_slice(), &[9.0, 99.0]].concat(),
-            &[&five[..4], &[70.0]].concat(),
-        ]),
+        &with_relay(
+            synthetic_results([
+                &[five.as_slice(), &[60.0]].concat(),
+                &[five.as_slice(), &[9.0, 99.0]].concat(),
+                &[&five[..4], &[70.0]].concat(),
+            ]),
+            [16000.0, 16000.0, 32000.0],
+        ),
     );
     write_jsonl(
         &before,
@@ -743,20 +768,31 @@ fn bench_report_on_synthetic_results() {
             .unwrap_or_else(|| panic!("no row starting with {prefix:?} in\n{text}"))
             .to_string()
     };
-    // Medians, spreads and ratios from the records only.
+    // Medians, spreads and ratios from the records only; the relay in the
+    // last column where it ran (find-max, fixed).
+    assert!(
+        row("| Metric | Unit | Herald |")
+            .ends_with("| Ratio | relay (stores nothing: the machine's ceiling) |"),
+        "{text}"
+    );
     assert_eq!(
         row("| find-max: highest good rate"),
         "| find-max: highest good rate (durable 1:1) | msg/s | 16,000 (8,000–32,000, 3 runs) \
-         | 2,000 (1,000–2,000, 3 runs) | 8.00× |"
+         | 2,000 (1,000–2,000, 3 runs) | 8.00× | 16,000 (16,000–32,000, 3 runs) |"
+    );
+    assert!(
+        row("| find-max: server CPU at that rate").ends_with("| – | 90.0 (90.0–90.0, 3 runs) |"),
+        "{text}"
     );
     assert_eq!(
         row("| idle: server RSS per connection"),
         "| idle: server RSS per connection | KiB | 8.50 (8.00–9.00, 3 runs) \
-         | 170 (170–170, 3 runs) | 20.0× |"
+         | 170 (170–170, 3 runs) | 20.0× | – |"
     );
     assert_eq!(
         row("| fixed rate: p99 |"),
-        "| fixed rate: p99 | ms | 5.00 (4.00–6.00, 3 runs) | 40.0 (40.0–40.0, 3 runs) | 8.00× |"
+        "| fixed rate: p99 | ms | 5.00 (4.00–6.00, 3 runs) | 40.0 (40.0–40.0, 3 runs) | 8.00× \
+         | 1.50 (1.50–1.50, 3 runs) |"
     );
     assert!(
         row("| sync: time to pull all messages").contains("| 0.4 (0.4–0.4, 3 runs) | – | – |"),
@@ -768,6 +804,21 @@ fn bench_report_on_synthetic_results() {
         "{text}"
     );
     assert!(row("| idle, 10000 connections").ends_with("| **yes** |"));
+    // The ceiling against the bar, and Herald's share of it.
+    let ceiling = row("**The machine's ceiling**");
+    assert!(
+        ceiling.contains(
+            "ceiling 16,000 msg/s < 10 × RabbitMQ 20,000 msg/s: no server can meet the 10× bar \
+             on this machine."
+        ),
+        "{ceiling}"
+    );
+    assert!(
+        ceiling.ends_with(
+            "Herald reaches 100% of the ceiling (Herald/relay = 16,000 / 16,000 msg/s = 1.00×)."
+        ),
+        "{ceiling}"
+    );
     // Problems are reported, not hidden.
     assert!(
         text.contains("round 3, RabbitMQ Web-STOMP, fixed: exit status 2; lost 7"),
@@ -785,10 +836,11 @@ fn bench_report_on_synthetic_results() {
 
     let chart = std::fs::read_to_string(&svg).expect("chart written");
     assert!(chart.starts_with("<svg"), "{chart}");
-    assert_eq!(chart.matches("<polyline").count(), 3, "{chart}");
+    assert_eq!(chart.matches("<polyline").count(), 4, "{chart}");
     for name in [
         "Herald",
         "RabbitMQ Web-STOMP",
+        "relay (stores nothing)",
         "Herald (before)",
         "p99 limit 50 ms",
     ] {
@@ -804,6 +856,40 @@ fn bench_report_on_synthetic_results() {
         run_to_files(cmd, dir.path(), "xml")
     };
     assert!(well_formed, "the SVG is not well-formed XML: {err}");
+
+    // Results without the relay (older files) render without it.
+    let (ok, _, stderr) = run_report(&[&before, Path::new("--out"), &md, Path::new("--svg"), &svg]);
+    assert!(ok, "{stderr}");
+    let text = std::fs::read_to_string(&md).expect("report written");
+    assert_eq!(
+        text.lines().find(|l| l.starts_with("| fixed rate: p99 |")),
+        Some("| fixed rate: p99 | ms | 5.00 (4.00–6.00, 3 runs) | 40.0 (40.0–40.0, 3 runs) | 8.00× |"),
+        "{text}"
+    );
+    assert!(!text.contains("**The machine's ceiling**"), "{text}");
+    assert!(!text.contains("relay (stores nothing"), "{text}");
+    let chart = std::fs::read_to_string(&svg).expect("chart written");
+    assert_eq!(chart.matches("<polyline").count(), 2, "{chart}");
+
+    // A ceiling at or above 10x RabbitMQ says so.
+    write_jsonl(
+        &results,
+        &with_relay(
+            synthetic_results([&[1.0, 60.0], &[1.0, 2.0, 60.0], &[1.0, 2.0, 3.0, 60.0]]),
+            [32000.0; 3],
+        ),
+    );
+    let (ok, _, stderr) =
+        run_report(&[&results, Path::new("--out"), &md, Path::new("--svg"), &svg]);
+    assert!(ok, "{stderr}");
+    let text = std::fs::read_to_string(&md).expect("report written");
+    assert!(
+        text.contains(
+            "ceiling 32,000 msg/s ≥ 10 × RabbitMQ 20,000 msg/s: the machine leaves room for the \
+             10× bar. Herald reaches 6% of the ceiling (Herald/relay = 2,000 / 32,000 msg/s = 0.06×)."
+        ),
+        "{text}"
+    );
 
     // A reduced configuration is labelled as such.
     write_jsonl(
