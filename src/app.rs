@@ -14,9 +14,10 @@ use crate::consumer::ack_cycle::{self, AckConsumer};
 use crate::consumer::session_consumer::SessionConsumer;
 use crate::consumer::{message_listener, run_topic, Consuming};
 use crate::controller::listener::NoDelayAcceptor;
-use crate::embedded::{Embedded, SqliteStore, SqliteTopic};
+use crate::embedded::{Embedded, SqliteStore};
 use crate::model::IdGenerator;
 use crate::service::backend::{DurableTopic, Store};
+use crate::service::messages::StoredSends;
 use crate::service::{
     AckService, AuthService, DeliveryHub, Directory, LiveConnections, MessageService,
     RedeliveryTracker, Services, Watermark,
@@ -83,8 +84,10 @@ impl Node {
         )
         .with_context(|| format!("cannot open the store in {}", cfg.data_dir.display()))?;
         let store: Arc<dyn Store> = Arc::new(SqliteStore::new(&db.documents));
-        let session_topic: Arc<dyn DurableTopic> = SqliteTopic::open(&db.topics, "session").await?;
-        let ack_topic: Arc<dyn DurableTopic> = SqliteTopic::open(&db.topics, "ack").await?;
+        let history = Arc::new(StoredSends(store.clone()));
+        let session_topic: Arc<dyn DurableTopic> =
+            Arc::new(db.open_topic("session", Some(history))?);
+        let ack_topic: Arc<dyn DurableTopic> = Arc::new(db.open_topic("ack", None)?);
         let secret = jwt_secret(&cfg)?;
         let ids = Arc::new(IdGenerator::new(cfg.node_id));
         let auth = Arc::new(AuthService::new(&secret, cfg.jwt_ttl_secs)?);

@@ -71,6 +71,8 @@ pub enum BackendError {
     Sqlite(#[from] rusqlite::Error),
     #[error("serialization error: {0}")]
     Serde(#[from] serde_json::Error),
+    #[error("file error: {0}")]
+    Io(#[from] std::io::Error),
     #[error("backend is shutting down")]
     Closed,
     #[error("{0}")]

@@ -522,7 +522,7 @@ async fn a_failing_topics_disk_refuses_sends_and_keeps_what_it_confirmed() {
     let mut srv = server();
     let _log = srv.log_guard();
     let cast = cast(&srv).await;
-    srv.set_env(FAIL_WRITES_ENV, Some("topics.db-wal:10"));
+    srv.set_env(FAIL_WRITES_ENV, Some("topics/session:10"));
     srv.restart();
     let api = srv.api();
     let (sender, recipient) = (&cast.senders[0], &cast.recipient);

@@ -63,9 +63,18 @@ async fn sigterm_answers_what_was_read_closes_with_going_away_and_empties_the_wa
         status.success(),
         "a SIGTERMed server exits cleanly: {status}"
     );
-    for wal in ["herald.db-wal", "topics.db-wal"] {
-        let len = std::fs::metadata(srv.data_dir().join(wal)).map_or(0, |m| m.len());
-        assert_eq!(len, 0, "{wal} was left with {len} bytes");
+    let wal = "herald.db-wal";
+    let len = std::fs::metadata(srv.data_dir().join(wal)).map_or(0, |m| m.len());
+    assert_eq!(len, 0, "{wal} was left with {len} bytes");
+    // The topic logs saved where their consumers got to.
+    for (topic, group) in [("session", "inbox-writer"), ("ack", "ack-cycle")] {
+        let offsets = srv.data_dir().join("topics").join(topic).join("offsets");
+        let saved = std::fs::read_to_string(&offsets).unwrap_or_default();
+        assert!(
+            saved.starts_with(&format!("{group} ")),
+            "{} holds {saved:?}",
+            offsets.display()
+        );
     }
 
     // What the sender saw confirmed before the close.

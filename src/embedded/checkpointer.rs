@@ -50,32 +50,25 @@ impl DurablePositions {
     }
 }
 
-/// Starts the checkpointer of database `db` (a metric label); with
-/// `durable`, it also tracks the durable applied positions.
+/// Starts the documents' checkpointer, which also tracks the durable
+/// applied positions.
 pub fn start(
     path: &Path,
-    role: schema::Role,
     finish: Arc<AtomicBool>,
-    durable: Option<Arc<DurablePositions>>,
+    durable: Arc<DurablePositions>,
 ) -> BackendResult<()> {
-    let db = role.label();
-    let restart_frames = role.wal_restart_frames();
+    let (db, restart_frames) = (schema::LABEL, schema::WAL_RESTART_FRAMES);
     let conn = schema::open_checkpointer(path)?;
     let files = Files::of(path);
     std::thread::Builder::new()
         .name(format!("ckpt-{db}"))
         .spawn(move || {
-            // The documents' bursts of copying compete for the two cores with the
+            // Its bursts of copying compete for the two cores with the
             // threads a send waits on: p99 send-to-receive at 2,500 msg/s was 6 ms
             // with no checkpointer at all, 7.5-9.4 ms with it, 6.7-7.9 ms with it
-            // idle-only (it still keeps up: no backlog at 7,000 msg/s). The topics'
-            // copies are small appends, but starved on a saturated CPU they left
-            // the writer's finishing checkpoint more to copy: at 5,300 msg/s its
-            // start-overs took 6.6-11.3 ms idle-only, 3.2-6.6 ms at normal priority.
-            if role == schema::Role::Documents {
-                crate::sys::run_when_idle();
-            }
-            run(conn, db, restart_frames, &finish, durable, &files)
+            // idle-only (it still keeps up: no backlog at 7,000 msg/s).
+            crate::sys::run_when_idle();
+            run(conn, db, restart_frames, &finish, &durable, &files)
         })
         .map_err(|e| BackendError::Other(format!("cannot start checkpointer: {e}")))?;
     Ok(())
@@ -86,7 +79,7 @@ fn run(
     db: &'static str,
     restart_frames: i64,
     finish: &AtomicBool,
-    durable: Option<Arc<DurablePositions>>,
+    durable: &DurablePositions,
     files: &Files,
 ) {
     let mut pause = EVERY;
@@ -95,7 +88,7 @@ fn run(
         std::thread::sleep(pause);
         // Every EVERY, not at each pass: while behind, passes come every
         // BEHIND, and an fsync each time was I/O for nothing.
-        if let Some(durable) = durable.as_ref().filter(|_| synced.elapsed() >= EVERY) {
+        if synced.elapsed() >= EVERY {
             synced = Instant::now();
             match sync_positions(&conn, &files.wal) {
                 Ok(positions) => durable.publish(positions),
@@ -220,8 +213,8 @@ mod tests {
     #[test]
     fn a_prepared_restart_leaves_every_committed_row_in_the_database_file() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("topics.db");
-        let writer = schema::open_write(&path, schema::Role::Topics, true).unwrap();
+        let path = dir.path().join("herald.db");
+        let writer = schema::open_write(&path).unwrap();
         writer.execute_batch("CREATE TABLE t(v BLOB)").unwrap();
         let ckpt = schema::open_checkpointer(&path).unwrap();
         insert(&writer, 100);

@@ -1,58 +1,53 @@
-//! Embedded backends: two SQLite databases (WAL) under the data directory.
-//! `topics.db` holds the durable topics (append logs, consumer offsets,
-//! idempotency keys); `herald.db` holds the documents. Each has its own
-//! writer thread that groups whatever is queued into one transaction (group
-//! commit), so a burst of sends costs one fsync, not one per message, and
-//! the two halves of the send path (accept into the topic, store into the
-//! inboxes) commit in parallel on two cores instead of queueing behind one
-//! writer.
+//! Embedded backends under the data directory: the durable topics as
+//! append-only logs (`topics/<name>/`, see `log`), and the documents in a
+//! SQLite database in WAL mode (`herald.db`). Each has its own writer
+//! thread that groups whatever is queued into one write (group commit), so
+//! a burst of sends costs one fsync, not one per message, and the two
+//! halves of the send path (accept into the topic, store into the inboxes)
+//! run in parallel on two cores instead of queueing behind one writer.
 
 mod checkpointer;
+pub mod log;
+mod migrate;
 pub mod page_cache;
 mod reader;
 mod schema;
 mod seqs;
 mod store;
-mod topic;
 mod wal_writes;
 mod writer;
 
 pub use checkpointer::DurablePositions;
+pub use log::LogTopic;
 pub use reader::ReadPool;
 pub use store::SqliteStore;
-pub use topic::SqliteTopic;
 pub use wal_writes::FAIL_WRITES_ENV;
 pub use writer::Writer;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use crate::error::{BackendError, BackendResult};
+use crate::service::backend::KeyHistory;
 
-/// One opened database file: its writer thread, its checkpointer thread
-/// and a pool of read connections.
+/// The opened documents database: its writer thread, its checkpointer
+/// thread and a pool of read connections.
 #[derive(Clone)]
 pub struct Database {
     pub writer: Writer,
     pub readers: Arc<ReadPool>,
-    /// Documents only: the consumers' applied positions known to be on disk.
+    /// The consumers' applied positions known to be on disk.
     pub durable: Arc<DurablePositions>,
 }
 
 impl Database {
-    fn open(
-        path: &Path,
-        role: schema::Role,
-        durability_full: bool,
-        batch_max: usize,
-    ) -> BackendResult<Database> {
-        let conn = schema::open_write(path, role, durability_full)?;
+    fn open(path: &Path, batch_max: usize) -> BackendResult<Database> {
+        let conn = schema::open_write(path)?;
         let finish_checkpoint = Arc::new(AtomicBool::new(false));
-        let writer = Writer::start(conn, role.label(), batch_max, finish_checkpoint.clone())?;
+        let writer = Writer::start(conn, schema::LABEL, batch_max, finish_checkpoint.clone())?;
         let durable = Arc::new(DurablePositions::default());
-        let tracked = (role == schema::Role::Documents).then(|| durable.clone());
-        checkpointer::start(path, role, finish_checkpoint, tracked)?;
+        checkpointer::start(path, finish_checkpoint, durable.clone())?;
         let readers = Arc::new(ReadPool::new(path.to_path_buf(), writer.clone()));
         Ok(Database {
             writer,
@@ -62,17 +57,19 @@ impl Database {
     }
 }
 
-/// The opened embedded databases.
+/// The opened embedded backends.
 #[derive(Clone)]
 pub struct Embedded {
     /// `herald.db`: users, groups, sessions, messages, inboxes.
     pub documents: Database,
-    /// `topics.db`: topic logs, consumer offsets, idempotency keys.
-    pub topics: Database,
+    /// `topics/`: one log directory per topic.
+    topics_dir: PathBuf,
+    durability_full: bool,
 }
 
 impl Embedded {
-    /// Opens (creating if needed) `herald.db` and `topics.db` in `data_dir`.
+    /// Opens (creating if needed) `herald.db` and `topics/` in `data_dir`,
+    /// moving the topics of an older layout into their logs first.
     pub fn open(
         data_dir: &Path,
         durability_full: bool,
@@ -81,22 +78,36 @@ impl Embedded {
         std::fs::create_dir_all(data_dir).map_err(|e| {
             BackendError::Other(format!("cannot create {}: {e}", data_dir.display()))
         })?;
-        let documents_path = data_dir.join("herald.db");
-        let topics_path = data_dir.join("topics.db");
-        schema::migrate_topics_out(&documents_path, &topics_path)?;
-        let documents = Database::open(
-            &documents_path,
-            schema::Role::Documents,
+        let topics_dir = data_dir.join("topics");
+        migrate::sqlite_topics_to_logs(data_dir, &topics_dir)?;
+        let documents = Database::open(&data_dir.join("herald.db"), batch_max)?;
+        Ok(Embedded {
+            documents,
+            topics_dir,
             durability_full,
-            batch_max,
-        )?;
-        let topics = Database::open(
-            &topics_path,
-            schema::Role::Topics,
-            durability_full,
-            batch_max,
-        )?;
-        Ok(Embedded { documents, topics })
+        })
+    }
+
+    /// Opens topic `name` (lowercase letters and `_`); `history` answers
+    /// for the idempotency keys it no longer holds (none: it keeps none).
+    pub fn open_topic(
+        &self,
+        name: &str,
+        history: Option<Arc<dyn KeyHistory>>,
+    ) -> BackendResult<LogTopic> {
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+            return Err(BackendError::Other(format!("invalid topic name {name:?}")));
+        }
+        let dir = self.topics_dir.join(name);
+        let options = log::LogOptions {
+            first_offset: 1,
+            sync: self.durability_full,
+            history,
+            fail_after_writes: wal_writes::writes_before_failure(
+                dir.as_os_str().as_encoded_bytes(),
+            ),
+        };
+        LogTopic::open(&dir, name, options)
     }
 }
 

@@ -54,6 +54,10 @@ CREATE TABLE IF NOT EXISTS messages(
 -- (session_id, seq) is unique by construction (one writer assigns seqs);
 -- an index only to enforce it cost a random page write per message.
 DROP INDEX IF EXISTS messages_by_seq;
+-- A send's idempotency key, once the topic no longer holds it (see
+-- `KeyHistory`). Not UNIQUE: the topic publishes a key once, and a
+-- consumer must never be stuck on a constraint.
+CREATE INDEX IF NOT EXISTS messages_by_client_id ON messages(sender_id, client_message_id);
 CREATE TABLE IF NOT EXISTS inbox(
     user_id INTEGER NOT NULL,
     inbox_seq INTEGER NOT NULL,
@@ -72,29 +76,9 @@ CREATE TABLE IF NOT EXISTS applied_positions(
     position INTEGER NOT NULL) WITHOUT ROWID;
 "#;
 
-const TOPICS_SCHEMA: &str = r#"
-CREATE TABLE IF NOT EXISTS consumer_offsets(
-    topic TEXT NOT NULL,
-    consumer TEXT NOT NULL,
-    committed INTEGER NOT NULL,
-    PRIMARY KEY(topic, consumer)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS idempotency(
-    key TEXT PRIMARY KEY,
-    receipt BLOB NOT NULL) WITHOUT ROWID;
-"#;
-
-/// Tables of `topics.db` that older versions kept in `herald.db`.
-const TOPIC_TABLES: [&str; 4] = [
-    "consumer_offsets",
-    "idempotency",
-    "topic_session",
-    "topic_ack",
-];
-
-/// Small pages for both files: the hot writes are small index entries
-/// scattered over many users (the topics' idempotency keys too), and a
-/// commit writes every page it dirtied in full; 4 KiB topic pages wrote
-/// about twice the WAL bytes (twice the checkpoints) for no gain in
+/// Small pages: the hot writes are small index entries scattered over many
+/// users, and a commit writes every page it dirtied in full; 4 KiB pages
+/// wrote about twice the WAL bytes (twice the checkpoints) for no gain in
 /// throughput. (Takes effect when a database is created.)
 const PAGE_SIZE: i64 = 1024;
 
@@ -108,125 +92,19 @@ pub fn wal_path(database: &Path) -> std::path::PathBuf {
 /// How long a connection waits for a lock another one holds.
 pub const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Which of the two database files a connection serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    Documents,
-    Topics,
-}
+/// The `db` label of the documents' metrics (and part of their threads'
+/// names).
+pub const LABEL: &str = "documents";
 
-impl Role {
-    /// The `db` label of its metrics (and part of its threads' names).
-    pub fn label(self) -> &'static str {
-        match self {
-            Role::Documents => "documents",
-            Role::Topics => "topics",
-        }
-    }
-
-    /// WAL frames after which the WAL is made to start over (see
-    /// `writer::finish_checkpoint`); each restart holds the writer for a
-    /// few milliseconds.
-    /// - Documents: 1 GB, so rarely. Their checkpoints copy many scattered
-    ///   pages: find-max reached 3,052 msg/s with 64 MB, 5,960 with 1 GB
-    ///   (3,815 never restarting, the WAL growing without end).
-    /// - Topics: 32 MB. Their checkpointer keeps up (appends, few pages),
-    ///   so a restart is cheap; and a WAL that stops growing makes each
-    ///   commit's fdatasync one write, without the inode's new size. At
-    ///   2,500 msg/s topic commits took 30 % less time with 8 MB than 1 GB,
-    ///   but 8 MB restarted every 0.7 s (4.5 ms each, seen at p99.9); 32 MB
-    ///   restarts four times less often.
-    pub fn wal_restart_frames(self) -> i64 {
-        let bytes: i64 = match self {
-            Role::Documents => 1024 * 1024 * 1024,
-            Role::Topics => 32 * 1024 * 1024,
-        };
-        bytes / PAGE_SIZE
-    }
-
-    fn schema(self) -> &'static str {
-        match self {
-            Role::Documents => DOCUMENTS_SCHEMA,
-            Role::Topics => TOPICS_SCHEMA,
-        }
-    }
-}
-
-/// Older versions kept the topics in `herald.db`: copies them to a new
-/// `topics.db` (through a temporary file renamed into place, so a crash
-/// half-way leaves the old layout intact), then drops them from
-/// `herald.db`. Records published but not yet consumed survive the upgrade.
-pub fn migrate_topics_out(documents: &Path, topics: &Path) -> BackendResult<()> {
-    if !documents.exists() {
-        return Ok(());
-    }
-    let conn = Connection::open(documents)?;
-    conn.busy_timeout(BUSY_TIMEOUT)?;
-    let legacy: Vec<String> = {
-        let mut stmt = conn.prepare("SELECT name FROM sqlite_master WHERE type = 'table'")?;
-        let names = stmt.query_map([], |r| r.get::<_, String>(0))?;
-        names
-            .collect::<Result<Vec<_>, _>>()?
-            .into_iter()
-            .filter(|n| TOPIC_TABLES.contains(&n.as_str()))
-            .collect()
-    };
-    if legacy.is_empty() {
-        return Ok(());
-    }
-    if !topics.exists() {
-        let staging = topics.with_extension("db.migrating");
-        let _ = std::fs::remove_file(&staging);
-        {
-            let target = Connection::open(&staging)?;
-            target.pragma_update(None, "page_size", PAGE_SIZE)?;
-            target.execute_batch(TOPICS_SCHEMA)?;
-        }
-        conn.execute("ATTACH DATABASE ?1 AS target", [staging.to_string_lossy()])?;
-        let mut copy = String::from("BEGIN;");
-        for table in &legacy {
-            if table.starts_with("topic_") {
-                copy.push_str(&topic_table_sql(&format!("target.{table}")));
-            }
-            copy.push_str(&format!(
-                "INSERT OR IGNORE INTO target.{table} SELECT * FROM main.{table};"
-            ));
-        }
-        if legacy.iter().any(|t| t.starts_with("topic_")) {
-            // Offsets are never reused: the AUTOINCREMENT counters move too
-            // (a log pruned empty would otherwise restart at 1, below the
-            // committed consumer offsets).
-            copy.push_str(
-                "DELETE FROM target.sqlite_sequence WHERE substr(name, 1, 6) = 'topic_';
-                 INSERT INTO target.sqlite_sequence(name, seq)
-                 SELECT name, seq FROM main.sqlite_sequence WHERE substr(name, 1, 6) = 'topic_';",
-            );
-        }
-        copy.push_str("COMMIT; DETACH DATABASE target;");
-        conn.execute_batch(&copy)?;
-        std::fs::File::open(&staging)
-            .and_then(|f| f.sync_all())
-            .and_then(|_| std::fs::rename(&staging, topics))
-            .map_err(|e| {
-                crate::error::BackendError::Other(format!("cannot move topics.db into place: {e}"))
-            })?;
-    }
-    for table in &legacy {
-        conn.execute_batch(&format!("DROP TABLE IF EXISTS main.{table}"))?;
-    }
-    tracing::info!(tables = ?legacy, "moved the topics from herald.db to topics.db");
-    Ok(())
-}
-
-/// The log table of a topic; names are checked by the caller.
-pub fn topic_table_sql(table: &str) -> String {
-    format!(
-        "CREATE TABLE IF NOT EXISTS {table}(offset INTEGER PRIMARY KEY AUTOINCREMENT, payload BLOB NOT NULL);"
-    )
-}
+/// WAL frames after which the WAL is made to start over (see
+/// `writer::finish_checkpoint`); each restart holds the writer for a few
+/// milliseconds. 1 GB, so rarely: the documents' checkpoints copy many
+/// scattered pages, and find-max reached 3,052 msg/s with 64 MB, 5,960
+/// with 1 GB (3,815 never restarting, the WAL growing without end).
+pub const WAL_RESTART_FRAMES: i64 = 1024 * 1024 * 1024 / PAGE_SIZE;
 
 /// Opens the write connection and creates the schema.
-pub fn open_write(path: &Path, role: Role, durability_full: bool) -> BackendResult<Connection> {
+pub fn open_write(path: &Path) -> BackendResult<Connection> {
     // WAL appends gathered into a few writes per commit (`wal_writes`).
     let conn = if super::wal_writes::register() {
         Connection::open_with_flags_and_vfs(
@@ -240,17 +118,11 @@ pub fn open_write(path: &Path, role: Role, durability_full: bool) -> BackendResu
     conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.pragma_update(None, "page_size", PAGE_SIZE)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    // FULL fsyncs the WAL at every (group) commit: an acked message survives
-    // power loss. NORMAL survives a crash of the process only. The
-    // documents never need FULL: everything in them is applied from the
+    // NORMAL: a commit survives a crash of the process, not a power loss.
+    // The documents never need more: everything in them is applied from the
     // topics, which keep each record until the documents that hold it are
     // on disk (see `checkpointer`), so a power loss only means re-applying.
-    let sync = if durability_full && role == Role::Topics {
-        "FULL"
-    } else {
-        "NORMAL"
-    };
-    conn.pragma_update(None, "synchronous", sync)?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
     // Checkpoints run on their own thread (see `checkpointer`), never
     // inside one of the writer's commits, where they stalled every send
     // queued behind them.
@@ -262,10 +134,8 @@ pub fn open_write(path: &Path, role: Role, durability_full: bool) -> BackendResu
     conn.pragma_update(None, "cache_size", -16_000)?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.set_prepared_statement_cache_capacity(128);
-    conn.execute_batch(role.schema())?;
-    if role == Role::Documents {
-        add_inbox_unread(&conn)?;
-    }
+    conn.execute_batch(DOCUMENTS_SCHEMA)?;
+    add_inbox_unread(&conn)?;
     Ok(conn)
 }
 

@@ -1,7 +1,7 @@
-//! The embedded backends' own guarantees: topic consumers see every
-//! committed record in order (from memory or from the log), resume where
-//! the documents say, and an older single-file data directory keeps its
-//! unconsumed records across the upgrade.
+//! The embedded backends' own guarantees: consumers resume where the
+//! documents say, the data directories of older versions keep their
+//! unconsumed records across the upgrade, and stored sends are found by
+//! their idempotency key. (The topic logs' own tests are in `log`.)
 
 use std::time::Duration;
 
@@ -9,59 +9,10 @@ use rusqlite::Connection;
 
 use super::*;
 use crate::model::{SendRecord, SessionType};
-use crate::service::backend::{AppliedPosition, DurableTopic, Store, TopicConsumer};
+use crate::service::backend::{AppliedPosition, DurableTopic, Store};
 
 fn open(dir: &Path) -> Embedded {
     Embedded::open(dir, true, 256).unwrap()
-}
-
-async fn publish_all(topic: &SqliteTopic, n: u64) -> Vec<u64> {
-    let mut pending = Vec::new();
-    for i in 0..n {
-        pending.push(topic.publish(i.to_le_bytes().to_vec()).await.unwrap());
-    }
-    let mut offsets = Vec::new();
-    for p in pending {
-        offsets.push(p.await.unwrap());
-    }
-    offsets
-}
-
-async fn drain(consumer: &mut dyn TopicConsumer, n: usize) -> Vec<u64> {
-    let mut seen = Vec::new();
-    while seen.len() < n {
-        let polled = tokio::time::timeout(Duration::from_secs(5), consumer.poll(7))
-            .await
-            .expect("records arrive")
-            .unwrap();
-        seen.extend(polled.into_iter().map(|r| {
-            let v = u64::from_le_bytes(r.payload[..].try_into().unwrap());
-            assert_eq!(r.offset, v + 1, "payload matches its offset");
-            r.offset
-        }));
-    }
-    seen
-}
-
-#[tokio::test]
-async fn consumers_get_every_record_in_order_and_resume_where_told() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = open(dir.path());
-    let topic = SqliteTopic::open(&db.topics, "t").await.unwrap();
-    // A consumer that was there from the start reads from memory...
-    let mut live = topic.consumer("live", None).await.unwrap();
-    let offsets = publish_all(&topic, 50).await;
-    assert_eq!(offsets, (1..=50).collect::<Vec<_>>());
-    assert_eq!(drain(&mut *live, 50).await, offsets);
-    // ...one that starts later reads the log back, from where it is told.
-    let mut late = topic.consumer("late", Some(20)).await.unwrap();
-    assert_eq!(drain(&mut *late, 30).await, (21..=50).collect::<Vec<_>>());
-    // Without a position it resumes after its committed offset.
-    late.commit(40).await.unwrap();
-    db.topics.writer.flush().await.unwrap();
-    let mut again = topic.consumer("late", None).await.unwrap();
-    assert_eq!(drain(&mut *again, 10).await, (41..=50).collect::<Vec<_>>());
-    assert_eq!(again.lag(), 0);
 }
 
 fn record(message_id: u64) -> SendRecord {
@@ -124,33 +75,68 @@ async fn applied_positions_are_saved_with_the_documents_and_become_durable() {
     }
 }
 
-#[tokio::test]
-async fn an_older_single_file_layout_keeps_its_unconsumed_records() {
-    let dir = tempfile::tempdir().unwrap();
-    let legacy = dir.path().join("herald.db");
-    {
-        let c = Connection::open(&legacy).unwrap();
-        c.execute_batch(
-            "CREATE TABLE consumer_offsets(topic TEXT NOT NULL, consumer TEXT NOT NULL,
-                 committed INTEGER NOT NULL, PRIMARY KEY(topic, consumer)) WITHOUT ROWID;
-             CREATE TABLE idempotency(key TEXT PRIMARY KEY, receipt BLOB NOT NULL) WITHOUT ROWID;
-             CREATE TABLE topic_session(offset INTEGER PRIMARY KEY AUTOINCREMENT, payload BLOB NOT NULL);
-             INSERT INTO topic_session(offset, payload) VALUES (9, x'0800000000000000'),
-                 (10, x'0900000000000000');
-             DELETE FROM topic_session WHERE offset = 9;
-             INSERT INTO consumer_offsets VALUES ('session', 'g', 9);
-             INSERT INTO idempotency VALUES ('1:a', x'01');",
-        )
-        .unwrap();
+/// The tables older versions kept the topics in: a session record that
+/// is a real send (sender 1, `clientMessageId` "a", its receipt `x'01'`),
+/// one the consumer has passed, one it has not, and an ack record.
+const OLD_TOPIC_TABLES: &str = "
+    CREATE TABLE consumer_offsets(topic TEXT NOT NULL, consumer TEXT NOT NULL,
+        committed INTEGER NOT NULL, PRIMARY KEY(topic, consumer)) WITHOUT ROWID;
+    CREATE TABLE idempotency(key TEXT PRIMARY KEY, receipt BLOB NOT NULL) WITHOUT ROWID;
+    CREATE TABLE topic_session(offset INTEGER PRIMARY KEY AUTOINCREMENT, payload BLOB NOT NULL);
+    CREATE TABLE topic_ack(offset INTEGER PRIMARY KEY AUTOINCREMENT, payload BLOB NOT NULL);
+    INSERT INTO topic_session(offset, payload) VALUES (9, x'0800000000000000'),
+        (10, x'0900000000000000');
+    DELETE FROM topic_session WHERE offset = 9;
+    INSERT INTO topic_ack(offset, payload) VALUES (4, x'03');
+    INSERT INTO consumer_offsets VALUES ('session', 'g', 9);
+    INSERT INTO idempotency VALUES ('1:a', x'01');";
+
+/// Writes the old tables into `file`, with the send record at offset 11.
+fn write_old_topics(file: &Path) {
+    let c = Connection::open(file).unwrap();
+    c.execute_batch(OLD_TOPIC_TABLES).unwrap();
+    let mut send = record(500);
+    send.client_message_id = "a".into();
+    c.execute(
+        "INSERT INTO topic_session(offset, payload) VALUES (11, ?)",
+        [serde_json::to_vec(&send).unwrap()],
+    )
+    .unwrap();
+}
+
+/// A history that knows no key: only the log answers.
+struct NoHistory;
+
+impl KeyHistory for NoHistory {
+    fn receipt(&self, _key: &str) -> BackendResult<Option<Vec<u8>>> {
+        Ok(None)
     }
-    let db = open(dir.path());
-    let topic = SqliteTopic::open(&db.topics, "session").await.unwrap();
-    let mut consumer = topic.consumer("g", None).await.unwrap();
-    assert_eq!(drain(&mut *consumer, 1).await, vec![10]);
-    // Offsets go on from the old counter, never reused.
-    assert_eq!(publish_all(&topic, 1).await, vec![11]);
-    let dup = topic
-        .publish_once("1:a".into(), b"x".to_vec(), b"r".to_vec())
+}
+
+/// After an upgrade from either older layout: the records are in the logs
+/// with their offsets, offsets go on from there, the consumer resumes
+/// after its committed offset, and the send's key still makes a repeat a
+/// duplicate with the old receipt.
+async fn check_migrated(db: &Embedded) {
+    let session = db.open_topic("session", Some(Arc::new(NoHistory))).unwrap();
+    let mut consumer = session.consumer("g", None).await.unwrap();
+    let offsets: Vec<u64> = consumer
+        .poll(10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.offset)
+        .collect();
+    assert_eq!(offsets, [10, 11]);
+    let next = session
+        .publish(b"new".to_vec())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(next, 12, "offsets go on, never reused");
+    let dup = session
+        .publish_once("1:a".into(), b"again".to_vec(), b"r".to_vec())
         .await
         .unwrap()
         .await
@@ -159,15 +145,59 @@ async fn an_older_single_file_layout_keeps_its_unconsumed_records() {
         dup,
         crate::service::backend::PublishOnce::Duplicate(vec![1])
     );
+    let ack = db.open_topic("ack", None).unwrap();
+    let mut acks = ack.consumer("ack-cycle", Some(0)).await.unwrap();
+    assert_eq!(acks.poll(10).await.unwrap()[0].offset, 4);
+}
+
+#[tokio::test]
+async fn an_older_single_file_layout_keeps_its_unconsumed_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let legacy = dir.path().join("herald.db");
+    write_old_topics(&legacy);
+    let db = open(dir.path());
+    check_migrated(&db).await;
     let c = Connection::open(&legacy).unwrap();
     let left: i64 = c
         .query_row(
-            "SELECT count(*) FROM sqlite_master WHERE name IN ('topic_session', 'consumer_offsets', 'idempotency')",
+            "SELECT count(*) FROM sqlite_master WHERE name IN ('topic_session', 'topic_ack', 'consumer_offsets', 'idempotency')",
             [],
             |r| r.get(0),
         )
         .unwrap();
     assert_eq!(left, 0, "the old tables are gone from herald.db");
+}
+
+#[tokio::test]
+async fn a_topics_database_moves_into_the_logs_and_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    write_old_topics(&dir.path().join("topics.db"));
+    let db = open(dir.path());
+    check_migrated(&db).await;
+    assert!(!dir.path().join("topics.db").exists());
+    assert!(!dir.path().join("topics.migrating").exists());
+}
+
+#[tokio::test]
+async fn a_stored_send_is_found_by_its_sender_and_client_message_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path());
+    let store = SqliteStore::new(&db.documents);
+    let mut send = record(600);
+    send.server_ts = 1234;
+    store.store_messages(vec![send], batch(1, 1)).await.unwrap();
+    db.documents.writer.flush().await.unwrap();
+    let found = store.sent_message_now(1, "c600").unwrap().expect("stored");
+    assert_eq!(
+        (found.message_id, found.session_id, found.server_ts),
+        (600, 7, 1234)
+    );
+    assert_eq!(found.client_message_id, "c600");
+    assert!(
+        store.sent_message_now(2, "c600").unwrap().is_none(),
+        "another sender's"
+    );
+    assert!(store.sent_message_now(1, "c601").unwrap().is_none());
 }
 
 #[tokio::test]

@@ -46,8 +46,9 @@ const GATHER_MAX: usize = 8 * 1024 * 1024;
 const WRITE_MAX: usize = 64 * 1024;
 
 /// Test hook: `HERALD_TEST_FAIL_WAL_WRITES=<name suffix>:<n>` lets each
-/// WAL file whose name ends with the suffix take `n` commits, then fails
-/// every write to it, as a full disk or a failing device would. This is how
+/// WAL file whose name ends with the suffix take `n` commits (each topic
+/// log whose directory does, `n` appends), then fails every write to it,
+/// as a full disk or a failing device would. This is how
 /// the tests reach the paths that must stop the process rather than serve
 /// on without what it announced (`writer::lost_released_writes`); the
 /// tests name it by this constant.
@@ -167,6 +168,17 @@ unsafe extern "C" fn open(
 /// The commits a WAL file named `name` may take before its writes fail,
 /// if `FAIL_WRITES_ENV` names it.
 fn commits_before_failure(name: ffi::sqlite3_filename) -> Option<u64> {
+    if name.is_null() {
+        return None;
+    }
+    // SAFETY: SQLite passes a WAL file's name as a NUL-terminated path.
+    let name = unsafe { CStr::from_ptr(name) };
+    writes_before_failure(name.to_bytes())
+}
+
+/// The commits (or log appends) a file whose path is `name` may take
+/// before its writes fail, if `FAIL_WRITES_ENV` names it by a suffix.
+pub fn writes_before_failure(name: &[u8]) -> Option<u64> {
     static HOOK: OnceLock<Option<(String, u64)>> = OnceLock::new();
     let (suffix, commits) = HOOK
         .get_or_init(|| {
@@ -178,21 +190,14 @@ fn commits_before_failure(name: ffi::sqlite3_filename) -> Option<u64> {
                 Some((suffix, n)) => tracing::warn!(
                     suffix,
                     commits = n,
-                    "test hook {FAIL_WRITES_ENV}: WAL writes will fail"
+                    "test hook {FAIL_WRITES_ENV}: writes will fail"
                 ),
                 None => tracing::warn!("ignoring {FAIL_WRITES_ENV}={raw:?}: not <name suffix>:<n>"),
             }
             parsed
         })
         .as_ref()?;
-    if name.is_null() {
-        return None;
-    }
-    // SAFETY: SQLite passes a WAL file's name as a NUL-terminated path.
-    let name = unsafe { CStr::from_ptr(name) };
-    name.to_bytes()
-        .ends_with(suffix.as_bytes())
-        .then_some(*commits)
+    name.ends_with(suffix.as_bytes()).then_some(*commits)
 }
 
 /// The default VFS's methods of an open file.

@@ -418,7 +418,7 @@ fn next_job(
 }
 
 /// Gives back the disk a long WAL holds. Under load the WAL grows to its
-/// start-over length (`schema::Role::wal_restart_frames`: 1 GB for the
+/// start-over length (`schema::WAL_RESTART_FRAMES`: 1 GB for the
 /// documents) and SQLite reuses the file from its start but never shrinks
 /// it (nor does a process that stops without closing its connections).
 /// An idle writer can afford a TRUNCATE checkpoint: it copies what is
@@ -650,9 +650,7 @@ mod tests {
     fn writer_with(timing: Timing) -> (tempfile::TempDir, Writer, std::path::PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");
-        let conn =
-            super::super::schema::open_write(&path, super::super::schema::Role::Documents, false)
-                .unwrap();
+        let conn = super::super::schema::open_write(&path).unwrap();
         conn.execute_batch("CREATE TABLE t(v INTEGER UNIQUE)")
             .unwrap();
         let w = Writer::spawn(conn, "test", 64, timing, Arc::default()).unwrap();
@@ -830,9 +828,7 @@ mod tests {
     async fn a_finished_checkpoint_lets_the_wal_start_over() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");
-        let conn =
-            super::super::schema::open_write(&path, super::super::schema::Role::Documents, false)
-                .unwrap();
+        let conn = super::super::schema::open_write(&path).unwrap();
         conn.execute_batch("CREATE TABLE t(v BLOB)").unwrap();
         let finish = Arc::new(AtomicBool::new(false));
         let w = Writer::start(conn, "test", 64, finish.clone()).unwrap();

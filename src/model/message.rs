@@ -167,6 +167,19 @@ pub struct AcceptedSend {
     pub server_ts: i64,
 }
 
+impl AcceptedSend {
+    /// The idempotency key of a send: its sender and `clientMessageId`.
+    pub fn key(sender_id: u64, client_message_id: &str) -> String {
+        format!("{sender_id}:{client_message_id}")
+    }
+
+    /// The sender and `clientMessageId` a `key` was made of.
+    pub fn parse_key(key: &str) -> Option<(u64, &str)> {
+        let (sender, client_message_id) = key.split_once(':')?;
+        Some((sender.parse().ok()?, client_message_id))
+    }
+}
+
 /// An inbox status change requested by a user (STOMP ACK, `/app/ack`, REST).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub enum AckCommand {

@@ -6,7 +6,7 @@ use futures_util::future::BoxFuture;
 
 use crate::error::BackendResult;
 use crate::model::{
-    AckOutcome, AckRecord, Group, InboxMessage, MessageDoc, SendRecord, SessionInfo,
+    AcceptedSend, AckOutcome, AckRecord, Group, InboxMessage, MessageDoc, SendRecord, SessionInfo,
     SessionSummary, StoredMessage, User,
 };
 
@@ -67,6 +67,14 @@ pub trait Store: Send + Sync + 'static {
     ) -> BackendResult<RecallOutcome>;
 
     async fn message(&self, message_id: u64) -> BackendResult<Option<MessageDoc>>;
+    /// The stored message `sender_id` sent as `client_message_id`, if any,
+    /// from what is committed. A point lookup answered on the calling
+    /// thread: the idempotency check of every send asks it.
+    fn sent_message_now(
+        &self,
+        sender_id: u64,
+        client_message_id: &str,
+    ) -> BackendResult<Option<AcceptedSend>>;
     /// The caller's entries of `session_id` with `seq > after_seq`, ascending.
     async fn pull(
         &self,
@@ -140,6 +148,14 @@ pub enum PublishOnce {
 
 /// A publish that is queued and resolves once durable.
 pub type Durable<T> = BoxFuture<'static, BackendResult<T>>;
+
+/// Where a topic looks up an idempotency key it no longer holds itself:
+/// its record was applied for good, so what it was applied to knows the
+/// key. Answered on the calling thread (a point lookup on an index).
+pub trait KeyHistory: Send + Sync + 'static {
+    /// The receipt the key's first publish stored, if it was published.
+    fn receipt(&self, key: &str) -> BackendResult<Option<Vec<u8>>>;
+}
 
 /// A durable, ordered append log with committed consumer offsets.
 #[async_trait]

@@ -7,13 +7,13 @@ use bytes::Bytes;
 use validator::Validate;
 
 use super::acks::AckService;
-use super::backend::{Durable, DurableTopic, PublishOnce, RecallOutcome, Store};
+use super::backend::{Durable, DurableTopic, KeyHistory, PublishOnce, RecallOutcome, Store};
 use super::delivery::{DeliveryHub, UserEvent};
 use super::directory::Directory;
 use super::rate_limit::RateLimiter;
 use super::watermark::Watermark;
 use crate::config::Config;
-use crate::error::{AppError, AppResult};
+use crate::error::{AppError, AppResult, BackendResult};
 use crate::model::dto::{
     validation_message, HistoryResp, MessageVo, PullResp, SendAck, SendReq, SessionVo, SyncResp,
     UnreadResp,
@@ -43,6 +43,22 @@ pub struct MessageService {
 /// `SendAck` once the message is durable.
 pub type PendingSend =
     std::pin::Pin<Box<dyn std::future::Future<Output = AppResult<SendAck>> + Send>>;
+
+/// The idempotency keys of sends whose records left the session topic:
+/// the stored messages answer for them.
+pub struct StoredSends(pub Arc<dyn Store>);
+
+impl KeyHistory for StoredSends {
+    fn receipt(&self, key: &str) -> BackendResult<Option<Vec<u8>>> {
+        let Some((sender_id, client_message_id)) = AcceptedSend::parse_key(key) else {
+            return Ok(None);
+        };
+        match self.0.sent_message_now(sender_id, client_message_id)? {
+            Some(accepted) => Ok(Some(serde_json::to_vec(&accepted)?)),
+            None => Ok(None),
+        }
+    }
+}
 
 pub fn send_ack(a: &AcceptedSend) -> SendAck {
     SendAck {
@@ -170,7 +186,7 @@ impl MessageService {
             session_id,
             server_ts: now,
         };
-        let key = format!("{}:{}", sender_id, record.client_message_id);
+        let key = AcceptedSend::key(sender_id, &record.client_message_id);
         let payload =
             serde_json::to_vec(&record).map_err(|e| AppError::Unavailable(e.to_string()))?;
         let receipt =

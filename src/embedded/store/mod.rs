@@ -16,8 +16,8 @@ use super::seqs::{self, PairLookup, Planned, SeqCache};
 use super::{Database, DurablePositions, ReadPool, Writer};
 use crate::error::{BackendError, BackendResult};
 use crate::model::{
-    AckCommand, AckOutcome, AckRecord, Group, InboxMessage, InboxRef, InboxStatus, MessageDoc,
-    SendRecord, SessionInfo, SessionSummary, SessionType, StoredMessage, User,
+    AcceptedSend, AckCommand, AckOutcome, AckRecord, Group, InboxMessage, InboxRef, InboxStatus,
+    MessageDoc, SendRecord, SessionInfo, SessionSummary, SessionType, StoredMessage, User,
 };
 use crate::service::backend::{AppliedPosition, RecallOutcome, Store};
 
@@ -333,6 +333,28 @@ impl Store for SqliteStore {
                 .optional()?)
             })
             .await
+    }
+
+    fn sent_message_now(
+        &self,
+        sender_id: u64,
+        client_message_id: &str,
+    ) -> BackendResult<Option<AcceptedSend>> {
+        self.readers.read_here(|c| {
+            Ok(c.prepare_cached(
+                "SELECT message_id, session_id, server_ts FROM messages \
+                 WHERE sender_id = ? AND client_message_id = ? ORDER BY message_id LIMIT 1",
+            )?
+            .query_row(params![sender_id as i64, client_message_id], |r| {
+                Ok(AcceptedSend {
+                    client_message_id: client_message_id.to_string(),
+                    message_id: r.get::<_, i64>(0)? as u64,
+                    session_id: r.get::<_, i64>(1)? as u64,
+                    server_ts: r.get(2)?,
+                })
+            })
+            .optional()?)
+        })
     }
 
     async fn pull(
