@@ -41,6 +41,15 @@ const SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
 /// Bytes gathered for the writer at most; a publisher waits beyond it
 /// (the backpressure of `publish`).
 const PENDING_MAX: usize = 8 * 1024 * 1024;
+/// A write of fewer than `GATHER_RECORDS` records first waits up to
+/// `GATHER_FOR` for more. An `fdatasync` here takes ~0.2 ms, so without it
+/// every write held one or two records, and each write costs the writer a
+/// wake-up and a sleep in `fdatasync` and the publishers another wake-up
+/// (~30 us of CPU each on this VM): at 4,000 msg/s the session log used
+/// 16 % of a core with 2.3 context switches per record, 6-8 % with the
+/// wait (server CPU 112 -> 100-107 %, NOTES).
+const GATHER_FOR: std::time::Duration = std::time::Duration::from_millis(1);
+const GATHER_RECORDS: usize = 64;
 /// The consumers' committed offsets, in the topic's directory.
 const OFFSETS_FILE: &str = "offsets";
 
@@ -243,6 +252,11 @@ impl Shared {
                 let mut st = self.state.lock();
                 while st.gathered.is_empty() && st.prune_through <= pruned_through && !st.closing {
                     self.wake.wait(&mut st);
+                }
+                if !st.closing && st.gathered_records.len() < GATHER_RECORDS {
+                    // Publishers add to a buffer that is not empty without
+                    // waking the writer: this wait lasts GATHER_FOR.
+                    let _ = self.wake.wait_for(&mut st, GATHER_FOR);
                 }
                 let bytes = std::mem::take(&mut st.gathered);
                 let records = std::mem::take(&mut st.gathered_records);
