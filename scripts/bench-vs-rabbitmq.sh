@@ -364,18 +364,24 @@ herald_start() {
     log "herald pid $HERALD_PID on 127.0.0.1:$HERALD_PORT (data $dir/data)"
 }
 
-herald_stop() {
-    [[ -n $HERALD_PID ]] || return 0
-    kill -TERM "$HERALD_PID" 2>/dev/null || true
-    local deadline=$((SECONDS + 30))
-    while kill -0 "$HERALD_PID" 2>/dev/null; do
+# stop_process PID NAME SECONDS: SIGTERM, then SIGKILL after SECONDS.
+stop_process() {
+    local pid=$1 name=$2 grace=$3
+    kill -TERM "$pid" 2>/dev/null || true
+    local deadline=$((SECONDS + grace))
+    while kill -0 "$pid" 2>/dev/null; do
         if ((SECONDS >= deadline)); then
-            log "warning: herald ignored SIGTERM for 30 s: SIGKILL"
-            kill -KILL "$HERALD_PID" 2>/dev/null || true
+            log "warning: $name ignored SIGTERM for $grace s: SIGKILL"
+            kill -KILL "$pid" 2>/dev/null || true
         fi
         sleep 0.2
     done
-    wait "$HERALD_PID" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+herald_stop() {
+    [[ -n $HERALD_PID ]] || return 0
+    stop_process "$HERALD_PID" herald 30
     HERALD_PID=""
 }
 
@@ -402,16 +408,7 @@ relay_start() {
 # The relay keeps nothing to flush: SIGTERM ends it at once.
 relay_stop() {
     [[ -n $RELAY_PID ]] || return 0
-    kill -TERM "$RELAY_PID" 2>/dev/null || true
-    local deadline=$((SECONDS + 10))
-    while kill -0 "$RELAY_PID" 2>/dev/null; do
-        if ((SECONDS >= deadline)); then
-            log "warning: the relay ignored SIGTERM for 10 s: SIGKILL"
-            kill -KILL "$RELAY_PID" 2>/dev/null || true
-        fi
-        sleep 0.2
-    done
-    wait "$RELAY_PID" 2>/dev/null || true
+    stop_process "$RELAY_PID" "the relay" 10
     RELAY_PID=""
 }
 

@@ -95,9 +95,9 @@ settings! {
     heartbeat_ms: u64 = 10_000;
     /// Pushes queued per connection before it counts as a slow consumer.
     connection_queue: usize = 1024;
-    /// `full` fsyncs each topic commit (acked sends survive power loss); `normal` survives process crashes only.
+    /// `full` fsyncs each topic log write (acked sends survive power loss); `normal` survives process crashes only.
     durability: String = "full".into();
-    /// Most operations grouped into one embedded-store commit.
+    /// Most operations grouped into one commit of the documents.
     commit_batch_max: usize = 2048;
     /// Node id (0-1023) of the message-id generator; unique per cluster node.
     node_id: u16 = 0;

@@ -190,22 +190,35 @@ fn check_delivery(v: &Value, expected_deliveries: u64) {
     assert_eq!(v["drained"], true, "{v}");
 }
 
+/// A short rate run: 20 clients, 200 msg/s for 2 s.
+const RATE_ARGS: &[&str] = &[
+    "rate",
+    "--clients",
+    "20",
+    "--rate",
+    "200",
+    "--duration",
+    "2",
+    "--warmup",
+    "0.5",
+];
+
+/// A short fanout run: 10 members, 20 msg/s for 1 s.
+const FANOUT_ARGS: &[&str] = &[
+    "fanout",
+    "--members",
+    "10",
+    "--rate",
+    "20",
+    "--duration",
+    "1",
+    "--warmup",
+    "0.5",
+];
+
 #[test]
 fn bench_rate() {
-    let lines = bench(
-        "rate",
-        &[
-            "rate",
-            "--clients",
-            "20",
-            "--rate",
-            "200",
-            "--duration",
-            "2",
-            "--warmup",
-            "0.5",
-        ],
-    );
+    let lines = bench("rate", RATE_ARGS);
     assert_eq!(lines.len(), 1, "{lines:?}");
     let v = &lines[0];
     check_common(v, "rate", 20);
@@ -378,20 +391,7 @@ fn bench_idle() {
 
 #[test]
 fn bench_fanout() {
-    let lines = bench(
-        "fanout",
-        &[
-            "fanout",
-            "--members",
-            "10",
-            "--rate",
-            "20",
-            "--duration",
-            "1",
-            "--warmup",
-            "0.5",
-        ],
-    );
+    let lines = bench("fanout", FANOUT_ARGS);
     assert_eq!(lines.len(), 1, "{lines:?}");
     let v = &lines[0];
     check_common(v, "fanout", 10);
@@ -497,20 +497,7 @@ impl Drop for Relay {
 #[test]
 fn bench_stomp_target_against_the_relay() {
     let relay = Relay::start();
-    let lines = relay.bench(
-        "relay-rate",
-        &[
-            "rate",
-            "--clients",
-            "20",
-            "--rate",
-            "200",
-            "--duration",
-            "2",
-            "--warmup",
-            "0.5",
-        ],
-    );
+    let lines = relay.bench("relay-rate", RATE_ARGS);
     assert_eq!(lines.len(), 1, "{lines:?}");
     let v = &lines[0];
     assert_eq!(v["target"], "stomp", "{v}");
@@ -520,20 +507,7 @@ fn bench_stomp_target_against_the_relay() {
     check_latency(v);
     assert!(u(v, "server_rss_kib") > 0, "the relay's RSS: {v}");
 
-    let lines = relay.bench(
-        "relay-fanout",
-        &[
-            "fanout",
-            "--members",
-            "10",
-            "--rate",
-            "20",
-            "--duration",
-            "1",
-            "--warmup",
-            "0.5",
-        ],
-    );
+    let lines = relay.bench("relay-fanout", FANOUT_ARGS);
     let v = &lines[0];
     let sent = u(v, "sent");
     check_delivery(v, sent * 9);

@@ -172,7 +172,8 @@ impl LogTopic {
         })
     }
 
-    /// Idempotency keys held in memory (for tests and metrics).
+    /// Idempotency keys held in memory (also the gauge
+    /// `herald_topic_keys_in_memory`, set at each commit).
     pub fn keys_in_memory(&self) -> usize {
         self.shared.state.lock().keys.len()
     }
@@ -337,6 +338,8 @@ impl Shared {
             return;
         };
         st.keys.forget_through(all);
+        metrics::gauge!("herald_topic_keys_in_memory", "topic" => self.name.clone())
+            .set(st.keys.len() as f64);
         if st.sealed.front().is_some_and(|(_, last)| *last <= all) && all > st.prune_through {
             st.prune_through = all;
             self.wake.notify_one();
