@@ -7,7 +7,7 @@
 //! run in parallel on two cores instead of queueing behind one writer.
 
 mod checkpointer;
-pub mod log;
+mod log;
 mod migrate;
 pub mod page_cache;
 mod reader;
@@ -100,7 +100,6 @@ impl Embedded {
         }
         let dir = self.topics_dir.join(name);
         let options = log::LogOptions {
-            first_offset: 1,
             sync: self.durability_full,
             history,
             fail_after_writes: wal_writes::writes_before_failure(

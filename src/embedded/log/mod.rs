@@ -55,8 +55,6 @@ const OFFSETS_FILE: &str = "offsets";
 
 /// How a topic is opened.
 pub struct LogOptions {
-    /// The offset of a new topic's first record.
-    pub first_offset: u64,
     /// Each write is made durable with `fdatasync` before it is
     /// acknowledged (else it survives a crash of the process, not of the
     /// machine).
@@ -110,7 +108,7 @@ impl LogTopic {
     /// its segments hold.
     pub fn open(dir: &Path, name: &str, options: LogOptions) -> BackendResult<LogTopic> {
         std::fs::create_dir_all(dir)?;
-        let opened = recover(dir, options.first_offset.max(1))?;
+        let opened = recover(dir)?;
         let head = opened.next_offset - 1;
         let mut keys = Keys::default();
         for r in opened.records.iter().filter(|r| !r.key.is_empty()) {
@@ -551,14 +549,14 @@ struct Opened {
     active_len: u64,
 }
 
-/// Reads the segments of `dir` (creating the first one at `first_offset`
-/// if there is none), cutting a torn record off the last one.
-fn recover(dir: &Path, first_offset: u64) -> BackendResult<Opened> {
+/// Reads the segments of `dir` (creating the first one, at offset 1, if
+/// there is none), cutting a torn record off the last one.
+fn recover(dir: &Path) -> BackendResult<Opened> {
     let mut bases = segment::list(dir)?;
     if bases.is_empty() {
-        segment::open_append(dir, first_offset)?;
+        segment::open_append(dir, 1)?;
         segment::sync_dir(dir)?;
-        bases.push(first_offset);
+        bases.push(1);
     }
     let mut records: Vec<Record> = Vec::new();
     let mut sealed = VecDeque::new();

@@ -21,7 +21,6 @@ impl KeyHistory for Applied {
 
 fn options(history: Option<Arc<dyn KeyHistory>>) -> LogOptions {
     LogOptions {
-        first_offset: 1,
         sync: true,
         history,
         fail_after_writes: None,
