@@ -134,18 +134,22 @@ fn old_records(
             payload: payload.into(),
         });
     }
-    let counter: Option<i64> = conn
-        .query_row(
+    // SQLite makes sqlite_sequence at the first AUTOINCREMENT insert.
+    let has_counters: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE name = 'sqlite_sequence'",
+        [],
+        |r| r.get(0),
+    )?;
+    let counter: Option<i64> = if has_counters {
+        conn.query_row(
             "SELECT seq FROM sqlite_sequence WHERE name = ?",
             [table],
             |r| r.get(0),
         )
-        .optional()
-        .or_else(|e| match e {
-            // No AUTOINCREMENT table was ever written: no counter.
-            rusqlite::Error::SqliteFailure(..) => Ok(None),
-            e => Err(e),
-        })?;
+        .optional()?
+    } else {
+        None
+    };
     let last = records.last().map_or(0, |r| r.offset);
     let next = last.max(counter.unwrap_or(0).max(0) as u64) + 1;
     Ok((records, next))

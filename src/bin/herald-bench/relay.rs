@@ -28,6 +28,8 @@ use crate::stomp_client::to_message;
 /// Frames queued per connection; beyond it a message is dropped (and the
 /// generator counts it lost), never queued without bound.
 const CONNECTION_QUEUE: usize = 4096;
+/// Drops are told at the first and then at every this many more.
+const TELL_DROPS_EVERY: u64 = 10_000;
 
 /// One subscription: where its frames go and the id they carry.
 #[derive(Clone)]
@@ -61,6 +63,15 @@ impl Routes {
             subs.retain(|s| s.connection != connection || id.is_some_and(|id| s.id != id));
             !subs.is_empty()
         });
+    }
+
+    /// A frame for a connection whose queue is full was dropped: said on
+    /// stderr, since the relay keeps no other record of it.
+    fn dropped_one(&self) {
+        let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        if n == 1 || n % TELL_DROPS_EVERY == 0 {
+            eprintln!("relay: {n} frame(s) dropped so far: a connection's queue was full");
+        }
     }
 
     /// A queue delivers to its first subscriber, a topic to all of them.
@@ -240,7 +251,7 @@ impl Session<'_> {
                 message.push_header("content-type", content_type);
             }
             if target.out.try_send(to_message(&message)).is_err() {
-                self.routes.dropped.fetch_add(1, Ordering::Relaxed);
+                self.routes.dropped_one();
             }
         }
         if self.answer_sends && send.header("receipt").is_none() {
@@ -256,7 +267,7 @@ impl Session<'_> {
 
     fn write_raw(&self, message: Message) {
         if self.out.try_send(message).is_err() {
-            self.routes.dropped.fetch_add(1, Ordering::Relaxed);
+            self.routes.dropped_one();
         }
     }
 }
@@ -325,5 +336,20 @@ mod tests {
         assert!(text.ends_with("\n\nhello\0"), "{text}");
         assert!(matches!(own.try_recv(), Ok(Message::Text(t)) if t.as_str() == "\n"));
         assert_eq!(routes.dropped.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_frame_for_a_full_queue_is_dropped_and_counted() {
+        let routes = Routes::default();
+        let (out, _rx) = mpsc::channel(1);
+        let session = Session {
+            connection: 1,
+            routes: &routes,
+            out,
+            answer_sends: false,
+        };
+        session.write_raw(Message::text("\n"));
+        session.write_raw(Message::text("\n"));
+        assert_eq!(routes.dropped.load(Ordering::Relaxed), 1);
     }
 }

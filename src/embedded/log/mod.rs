@@ -85,6 +85,25 @@ struct Shared {
     room: Notify,
     durability: Durability,
     tail: Tail,
+    metrics: LogMetrics,
+}
+
+/// The log's metrics, labelled once by topic.
+struct LogMetrics {
+    write_seconds: metrics::Histogram,
+    write_records: metrics::Histogram,
+    keys_in_memory: metrics::Gauge,
+}
+
+impl LogMetrics {
+    fn of(topic: &str) -> LogMetrics {
+        let topic = topic.to_string();
+        LogMetrics {
+            write_seconds: metrics::histogram!("herald_topic_write_seconds", "topic" => topic.clone()),
+            write_records: metrics::histogram!("herald_topic_write_records", "topic" => topic.clone()),
+            keys_in_memory: metrics::gauge!("herald_topic_keys_in_memory", "topic" => topic),
+        }
+    }
 }
 
 struct State {
@@ -145,6 +164,7 @@ impl LogTopic {
             room: Notify::new(),
             durability: Durability::new(head),
             tail,
+            metrics: LogMetrics::of(name),
         });
         let files = Files {
             fail_after: options.fail_after_writes,
@@ -299,11 +319,10 @@ impl Shared {
         let started = Instant::now();
         match files.append(bytes) {
             Ok(()) => {
-                let label = self.name.clone();
-                metrics::histogram!("herald_topic_write_seconds", "topic" => label.clone())
+                self.metrics
+                    .write_seconds
                     .record(started.elapsed().as_secs_f64());
-                metrics::histogram!("herald_topic_write_records", "topic" => label)
-                    .record(records.len() as f64);
+                self.metrics.write_records.record(records.len() as f64);
                 self.tail.append(records);
                 self.durability.succeeded(last);
                 if files.active_len >= SEGMENT_BYTES {
@@ -336,8 +355,7 @@ impl Shared {
             return;
         };
         st.keys.forget_through(all);
-        metrics::gauge!("herald_topic_keys_in_memory", "topic" => self.name.clone())
-            .set(st.keys.len() as f64);
+        self.metrics.keys_in_memory.set(st.keys.len() as f64);
         if st.sealed.front().is_some_and(|(_, last)| *last <= all) && all > st.prune_through {
             st.prune_through = all;
             self.wake.notify_one();
@@ -390,25 +408,21 @@ impl DurableTopic for LogTopic {
             // between: then `append` says so and both are asked again.
             let generation = {
                 let st = self.shared.state.lock();
-                if st.keys.get(&key).is_none() {
-                    Some(st.keys.generation())
-                } else {
-                    None
+                if let Some(entry) = st.keys.get(&key) {
+                    let wait = self.shared.durability.wait(entry.offset);
+                    return Ok(duplicate_once_durable(entry.receipt.clone(), wait));
                 }
+                st.keys.generation()
             };
-            if generation.is_some() {
-                if let Some(original) = history.receipt(&key)? {
-                    return Ok(Box::pin(
-                        async move { Ok(PublishOnce::Duplicate(original)) },
-                    ));
-                }
+            if let Some(original) = history.receipt(&key)? {
+                return Ok(Box::pin(
+                    async move { Ok(PublishOnce::Duplicate(original)) },
+                ));
             }
             let keyed = Keyed {
                 key: &key,
                 receipt: &receipt,
-                // In memory when looked at: `append` finds it again (or,
-                // forgotten meanwhile, sends us round to ask the history).
-                generation: generation.unwrap_or(u64::MAX),
+                generation,
             };
             match self.shared.append(Some(keyed), &payload).await? {
                 Appended::Fresh(offset, wait) => {
@@ -418,10 +432,7 @@ impl DurableTopic for LogTopic {
                     }))
                 }
                 Appended::Present(original, wait) => {
-                    return Ok(Box::pin(async move {
-                        outcome(wait.await)?;
-                        Ok(PublishOnce::Duplicate(original.to_vec()))
-                    }))
+                    return Ok(duplicate_once_durable(original, wait))
                 }
                 Appended::Forgotten => continue,
             }
@@ -462,6 +473,18 @@ impl DurableTopic for LogTopic {
         self.shared.room.notify_waiters();
         stopped.await.map_err(|_| BackendError::Closed)
     }
+}
+
+/// A repeat of a key whose record is in the log: the original's receipt,
+/// once that record is durable.
+fn duplicate_once_durable(
+    original: Arc<[u8]>,
+    wait: oneshot::Receiver<Outcome>,
+) -> Durable<PublishOnce> {
+    Box::pin(async move {
+        outcome(wait.await)?;
+        Ok(PublishOnce::Duplicate(original.to_vec()))
+    })
 }
 
 /// A publisher's outcome as a backend result.
