@@ -163,6 +163,7 @@ fn ack_batch(n: u64) -> Vec<u8> {
                 status: InboxStatus::Delivered,
             },
             reply_token: None,
+            reply_node: 0,
         })
         .collect();
     serde_json::to_vec(&AckEnvelope::Batch(records)).unwrap_or_default()

@@ -1,7 +1,6 @@
 //! Wiring: opens the backends, starts consumers and serves HTTP until a
 //! signal, then drains and flushes.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,18 +8,19 @@ use anyhow::Context;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::config::Config;
+use crate::config::{BackendMode, Config};
 use crate::consumer::ack_cycle::{self, AckConsumer};
 use crate::consumer::session_consumer::SessionConsumer;
 use crate::consumer::{message_listener, run_topic, Consuming};
 use crate::controller::listener::NoDelayAcceptor;
-use crate::embedded::{Embedded, SqliteStore};
 use crate::model::IdGenerator;
-use crate::service::backend::{DurableTopic, Store};
-use crate::service::messages::StoredSends;
+use crate::service::backend::Backends;
+use crate::service::mailbox::{Mailbox, SendWaiters};
+use crate::service::messages::MessageDeps;
+use crate::service::readiness::ConsumerState;
 use crate::service::{
     AckService, AuthService, DeliveryHub, Directory, LiveConnections, MessageService,
-    RedeliveryTracker, Services, Watermark,
+    RedeliveryTracker, Relay, Services,
 };
 
 /// Events queued between the session consumer and the listener (batches).
@@ -34,117 +34,48 @@ const REQUESTS_TIMEOUT: Duration = Duration::from_secs(2);
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The exit status when a second signal cuts the stop short.
 pub const SECOND_SIGNAL_EXIT: i32 = 130;
+/// The exit status when another process took this node's id (its lease
+/// lapsed): two processes must never mint ids with one node id.
+pub const LOST_NODE_ID_EXIT: i32 = 75;
 
 /// A node with its background tasks.
 pub struct Node {
     pub services: Services,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
-    topics: [Arc<dyn DurableTopic>; 2],
 }
 
-/// Reads the JWT secret from config, or from `<data-dir>/jwt.secret`
-/// (created once with 32 random bytes), so restarts keep tokens valid.
-fn jwt_secret(cfg: &Config) -> anyhow::Result<Vec<u8>> {
-    if !cfg.jwt_secret.is_empty() {
-        return Ok(cfg.jwt_secret.as_bytes().to_vec());
-    }
-    let path = cfg.data_dir.join("jwt.secret");
-    if let Ok(existing) = std::fs::read(&path) {
-        if existing.len() >= 32 {
-            return Ok(existing);
-        }
-    }
-    let secret: [u8; 32] = rand::random();
-    let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
-    write_private(&path, hex.as_bytes())
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(hex.into_bytes())
-}
-
-fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut f = opts.open(path)?;
-    f.write_all(data)?;
-    f.sync_all()
+/// Opens the backends the configuration names.
+async fn open_backends(cfg: &Config) -> anyhow::Result<Backends> {
+    let backends = match cfg.backend_mode()? {
+        BackendMode::Embedded => crate::embedded::open_backends(cfg)?,
+        BackendMode::Cluster => crate::cluster::open_backends(cfg).await?,
+    };
+    tracing::info!(mode = backends.mode, node = cfg.node_id, "backends open");
+    Ok(backends)
 }
 
 impl Node {
-    /// Opens the embedded backends under the data dir and starts consumers.
+    /// Opens the backends and starts consumers.
     pub async fn start(cfg: Config) -> anyhow::Result<Node> {
         let cfg = Arc::new(cfg);
-        let db = Embedded::open(
-            &cfg.data_dir,
-            cfg.durability == "full",
-            cfg.commit_batch_max,
-        )
-        .with_context(|| format!("cannot open the store in {}", cfg.data_dir.display()))?;
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::new(&db.documents));
-        let history = Arc::new(StoredSends(store.clone()));
-        let session_topic: Arc<dyn DurableTopic> =
-            Arc::new(db.open_topic("session", Some(history))?);
-        let ack_topic: Arc<dyn DurableTopic> = Arc::new(db.open_topic("ack", None)?);
-        let secret = jwt_secret(&cfg)?;
-        let ids = Arc::new(IdGenerator::new(cfg.node_id));
-        let auth = Arc::new(AuthService::new(&secret, cfg.jwt_ttl_secs)?);
-        let directory = Arc::new(Directory::new(store.clone(), auth.clone(), ids.clone()));
-        let delivery = Arc::new(DeliveryHub::new(
-            cfg.max_connections_per_user,
-            cfg.connection_queue,
-        ));
-        let acks = AckService::start(ack_topic.clone());
-        let redelivery = Arc::new(RedeliveryTracker::new(
-            Duration::from_millis(cfg.ack_timeout_ms),
-            Duration::from_millis(cfg.max_redelivery_wait_ms),
-            cfg.max_redeliveries,
-        ));
-        let stored = Arc::new(Watermark::default());
-        let messages = Arc::new(MessageService::new(
-            cfg.clone(),
-            ids.clone(),
-            store.clone(),
-            session_topic.clone(),
-            directory.clone(),
-            acks.clone(),
-            delivery.clone(),
-            stored.clone(),
-        ));
-        let services = Services {
-            config: cfg,
-            ids,
-            auth,
-            directory,
-            messages,
-            acks,
-            delivery,
-            redelivery,
-            stored,
-            store,
-            connections: LiveConnections::default(),
-        };
+        let backends = Arc::new(open_backends(&cfg).await?);
+        let services = wire(cfg, backends)?;
         let (shutdown, _) = watch::channel(false);
-        let (tasks, published) =
-            start_consumers(&services, &*session_topic, &*ack_topic, &shutdown).await?;
-        // Sends published before a crash are stored before serving: a new
-        // pair's session id lives only in memory until its first message is
-        // stored, so a send must not race the replay to hand out another.
-        if !services.stored.wait_for(published, REPLAY_WAIT).await {
-            tracing::warn!(published, "serving before the session topic was replayed");
+        let (tasks, session_state) = start_consumers(&services, &shutdown).await?;
+        if services.backends.replay_before_serving && !caught_up(&session_state, REPLAY_WAIT).await
+        {
+            tracing::warn!("serving before the session topic was replayed");
         }
         Ok(Node {
             services,
             shutdown,
             tasks,
-            topics: [session_topic, ack_topic],
         })
     }
 
     /// Stops consumers after they drained what was published, then closes
-    /// the topics and the store (everything durable, WALs emptied).
+    /// the backends (everything durable, WALs emptied).
     pub async fn stop(self) {
         // Acks queued by connections on their way out go to the ack topic
         // and are applied while its consumer still runs.
@@ -154,15 +85,69 @@ impl Node {
         if tokio::time::timeout(DRAIN_TIMEOUT, all).await.is_err() {
             tracing::warn!("consumers did not drain in time");
         }
-        for topic in &self.topics {
-            if let Err(e) = topic.close().await {
-                tracing::error!(error = %e, topic = topic.name(), "closing the topic failed");
-            }
-        }
-        if let Err(e) = self.services.store.close().await {
-            tracing::error!(error = %e, "closing the store failed");
-        }
+        self.services.backends.close().await;
     }
+}
+
+/// Builds the services of a node on its backends.
+fn wire(cfg: Arc<Config>, backends: Arc<Backends>) -> anyhow::Result<Services> {
+    let presence = backends.presence.clone();
+    let node = presence.node();
+    let ids = Arc::new(IdGenerator::new(node));
+    let auth = Arc::new(AuthService::new(&backends.jwt_secret, cfg.jwt_ttl_secs)?);
+    let delivery = Arc::new(DeliveryHub::new(cfg.connection_queue));
+    let relay = Arc::new(Relay::new(presence.clone(), delivery.clone()));
+    let store = backends.store.clone();
+    let directory = Arc::new(Directory::new(
+        store.clone(),
+        auth.clone(),
+        ids.clone(),
+        relay.clone(),
+    ));
+    let redelivery = Arc::new(RedeliveryTracker::new(
+        Duration::from_millis(cfg.ack_timeout_ms),
+        Duration::from_millis(cfg.max_redelivery_wait_ms),
+        cfg.max_redeliveries,
+    ));
+    let acks = AckService::start(node, backends.ack_topic.clone(), redelivery.clone());
+    let sends = Arc::new(SendWaiters::default());
+    let messages = Arc::new(MessageService::new(
+        cfg.clone(),
+        MessageDeps {
+            ids: ids.clone(),
+            store,
+            topic: backends.session_topic.clone(),
+            directory: directory.clone(),
+            acks: acks.clone(),
+            relay: relay.clone(),
+            quotas: backends.quotas.clone(),
+            sends: sends.clone(),
+        },
+    ));
+    let mailbox = Arc::new(Mailbox {
+        node,
+        sends,
+        acks: acks.clone(),
+        directory: directory.clone(),
+        hub: delivery.clone(),
+    });
+    relay.attach(mailbox.clone());
+    presence.attach(mailbox);
+    Ok(Services {
+        config: cfg,
+        ids,
+        auth,
+        directory,
+        messages,
+        acks,
+        delivery,
+        relay,
+        presence,
+        redelivery,
+        backends,
+        readiness: Arc::default(),
+        connections: LiveConnections::default(),
+    })
 }
 
 /// Consumer groups of the session and ack topics.
@@ -172,50 +157,55 @@ const ACK_CYCLE: &str = "ack-cycle";
 /// Longest wait at start for the session topic's replay.
 const REPLAY_WAIT: Duration = Duration::from_secs(60);
 
-/// Starts the consumers; also returns the session topic's head at start.
+/// Waits until the consumer has handled everything published before;
+/// `false` if `within` passed first.
+async fn caught_up(state: &ConsumerState, within: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    while state.lag() > 0 || !state.is_assigned() {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    true
+}
+
+/// Starts the consumers; also returns the session consumer's state.
 async fn start_consumers(
     s: &Services,
-    session_topic: &dyn DurableTopic,
-    ack_topic: &dyn DurableTopic,
     shutdown: &watch::Sender<bool>,
-) -> anyhow::Result<(Vec<JoinHandle<()>>, u64)> {
+) -> anyhow::Result<(Vec<JoinHandle<()>>, Arc<ConsumerState>)> {
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
-    // Each consumer resumes where the documents say it got to: they hold
-    // its position in the same transactions as what it applied.
-    let resume = s.store.applied_position(INBOX_WRITER).await?;
-    let session_consumer = session_topic.consumer(INBOX_WRITER, resume).await?;
-    s.stored.advance(session_consumer.position());
-    let published = session_consumer.position() + session_consumer.lag();
-    let resume = s.store.applied_position(ACK_CYCLE).await?;
-    let ack_consumer = ack_topic.consumer(ACK_CYCLE, resume).await?;
+    let b = &s.backends;
+    let session_consumer = b.session_topic.consumer(INBOX_WRITER).await?;
+    let ack_consumer = b.ack_topic.consumer(ACK_CYCLE).await?;
+    let session_state = s.readiness.consumer(INBOX_WRITER);
     let tasks = vec![
         tokio::spawn(run_topic(
             Consuming {
                 topic: "session",
                 group: INBOX_WRITER,
-                store: s.store.clone(),
+                state: session_state.clone(),
             },
             session_consumer,
             SessionConsumer {
-                store: s.store.clone(),
-                directory: s.directory.clone(),
-                watermark: s.stored.clone(),
+                store: b.store.clone(),
+                relay: s.relay.clone(),
                 events: events_tx,
             },
             shutdown.subscribe(),
         )),
-        tokio::spawn(message_listener::run(events_rx, s.delivery.clone())),
+        tokio::spawn(message_listener::run(events_rx, s.relay.clone())),
         tokio::spawn(run_topic(
             Consuming {
                 topic: "ack",
                 group: ACK_CYCLE,
-                store: s.store.clone(),
+                state: s.readiness.consumer(ACK_CYCLE),
             },
             ack_consumer,
             AckConsumer {
-                store: s.store.clone(),
-                acks: s.acks.clone(),
-                tracker: s.redelivery.clone(),
+                store: b.store.clone(),
+                relay: s.relay.clone(),
             },
             shutdown.subscribe(),
         )),
@@ -226,7 +216,7 @@ async fn start_consumers(
             shutdown.subscribe(),
         )),
     ];
-    Ok((tasks, published))
+    Ok((tasks, session_state))
 }
 
 /// `herald serve`: runs until SIGINT/SIGTERM, then stops accepting, lets

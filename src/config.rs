@@ -103,6 +103,31 @@ settings! {
     node_id: u16 = 0;
     /// Most REST requests per second per client address (0 = unlimited).
     http_rate_per_sec: u32 = 0;
+    /// Where documents live: `embedded` (SQLite in the data dir) or `mongodb` (cluster mode).
+    store: String = "embedded".into();
+    /// MongoDB connection string (a replica set in production); its path names the database, else the cluster name does.
+    mongodb_uri: String = "mongodb://127.0.0.1:27017".into();
+    /// Where the session and ack topics live: `embedded` (logs in the data dir) or `rocketmq` (cluster mode).
+    topic: String = "embedded".into();
+    /// RocketMQ name server(s), `host:port` (`;`-separated).
+    rocketmq_namesrv: String = "127.0.0.1:9876".into();
+    /// Queues of each RocketMQ topic when Herald creates it (the parallelism of its consumers).
+    rocketmq_queues: u32 = 8;
+    /// Where presence, push routing and cluster-wide limits live: `embedded` (memory) or `redis` (cluster mode).
+    presence: String = "embedded".into();
+    /// Redis connection URL.
+    redis_url: String = "redis://127.0.0.1:6379/".into();
+    /// Name shared by the nodes of one cluster: prefixes its Redis keys and RocketMQ topics and groups.
+    cluster_name: String = "herald".into();
+}
+
+/// Which bundle of backends a node runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendMode {
+    /// Everything in this process and its data directory.
+    Embedded,
+    /// MongoDB, RocketMQ and Redis, shared by every node.
+    Cluster,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -155,6 +180,26 @@ pub struct FlagOverrides {
 }
 
 impl Config {
+    /// The bundle the three backend settings name together. They are set
+    /// together: the cluster's consumers keep their positions in the
+    /// broker and rely on MongoDB's unique indexes, its nodes find each
+    /// other through Redis; the embedded topics save their positions in
+    /// the embedded store.
+    pub fn backend_mode(&self) -> Result<BackendMode, ConfigError> {
+        match (
+            self.store.as_str(),
+            self.topic.as_str(),
+            self.presence.as_str(),
+        ) {
+            ("embedded", "embedded", "embedded") => Ok(BackendMode::Embedded),
+            ("mongodb", "rocketmq", "redis") => Ok(BackendMode::Cluster),
+            (store, topic, presence) => Err(ConfigError::Invalid(format!(
+                "store={store}, topic={topic}, presence={presence}: run either all embedded, \
+                 or the cluster (store=mongodb, topic=rocketmq, presence=redis)"
+            ))),
+        }
+    }
+
     /// Builds the configuration: defaults, then the file (if given or if
     /// `./herald.toml` exists), then `HERALD_*` variables, then flags.
     pub fn load(config_file: Option<&Path>, flags: &FlagOverrides) -> Result<Config, ConfigError> {
@@ -216,6 +261,19 @@ impl Config {
         if self.connection_queue == 0 || self.commit_batch_max == 0 {
             return bad("connection_queue and commit_batch_max must be positive");
         }
+        if self.rocketmq_queues == 0 || self.rocketmq_queues > 1024 {
+            return bad("rocketmq_queues must be 1..=1024");
+        }
+        let name_ok = |n: &str| {
+            !n.is_empty()
+                && n.len() <= 32
+                && n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        };
+        if !name_ok(&self.cluster_name) {
+            return bad("cluster_name must be 1-32 of [A-Za-z0-9_-]");
+        }
+        self.backend_mode()?;
         Ok(())
     }
 }
@@ -269,6 +327,26 @@ mod tests {
         let env = env_of(&[("HERALD_ACK_TIMEOUT_MS", "soon")]);
         let err = Config::load_with(None, &FlagOverrides::default(), &env).unwrap_err();
         assert!(err.to_string().contains("HERALD_ACK_TIMEOUT_MS"), "{err}");
+    }
+
+    #[test]
+    fn backends_are_all_embedded_or_all_cluster() {
+        let load = |pairs: &[(&str, &str)]| {
+            Config::load_with(None, &FlagOverrides::default(), &env_of(pairs))
+        };
+        let embedded = load(&[]).unwrap();
+        assert_eq!(embedded.backend_mode().unwrap(), BackendMode::Embedded);
+        let cluster = load(&[
+            ("HERALD_STORE", "mongodb"),
+            ("HERALD_TOPIC", "rocketmq"),
+            ("HERALD_PRESENCE", "redis"),
+        ])
+        .unwrap();
+        assert_eq!(cluster.backend_mode().unwrap(), BackendMode::Cluster);
+        let err = load(&[("HERALD_STORE", "mongodb")]).unwrap_err();
+        assert!(err.to_string().contains("store=mongodb"), "{err}");
+        assert!(load(&[("HERALD_PRESENCE", "memcached")]).is_err());
+        assert!(load(&[("HERALD_CLUSTER_NAME", "a b")]).is_err());
     }
 
     #[test]

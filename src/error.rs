@@ -64,11 +64,16 @@ impl AppError {
     }
 }
 
-/// Failures of a storage or topic backend.
+/// Failures of a backend. Each adapter boxes its driver's error with its
+/// own name, so nothing above the adapters depends on a driver's types.
 #[derive(Debug, Error)]
 pub enum BackendError {
-    #[error("database error: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    #[error("{backend} error: {source}")]
+    Adapter {
+        backend: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("serialization error: {0}")]
     Serde(#[from] serde_json::Error),
     #[error("file error: {0}")]
@@ -77,6 +82,19 @@ pub enum BackendError {
     Closed,
     #[error("{0}")]
     Other(String),
+}
+
+impl BackendError {
+    /// A driver's error, named by the adapter that met it.
+    pub fn adapter(
+        backend: &'static str,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> BackendError {
+        BackendError::Adapter {
+            backend,
+            source: source.into(),
+        }
+    }
 }
 
 impl From<BackendError> for AppError {

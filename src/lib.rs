@@ -2,9 +2,11 @@
 //! an OpenAPI REST API, built on the inbox model.
 //!
 //! Layers talk downward only: `controller` -> `service` -> backend traits
-//! (implemented by `embedded`); `consumer` drives services from topics.
+//! (implemented by `embedded` and `cluster`); `consumer` drives services
+//! from topics.
 
 pub mod app;
+pub mod cluster;
 pub mod config;
 pub mod consumer;
 pub mod controller;

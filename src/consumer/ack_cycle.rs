@@ -13,36 +13,50 @@ use async_trait::async_trait;
 
 use super::{retry, BatchHandler};
 use crate::model::AckEnvelope;
-use crate::service::backend::{AppliedPosition, Store};
+use crate::service::backend::{Checkpoint, Store};
+use crate::service::notices::{AckReply, Notice};
 use crate::service::redelivery::Verdict;
-use crate::service::{AckService, DeliveryHub, MessageService, RedeliveryTracker};
+use crate::service::relay::Relay;
+use crate::service::{DeliveryHub, MessageService, RedeliveryTracker};
 
-/// Applies ack records to the inboxes.
+/// Applies ack records to the inboxes, and replies to the nodes that
+/// published them (their callers wait, their trackers stop redelivering).
 pub struct AckConsumer {
     pub store: Arc<dyn Store>,
-    pub acks: Arc<AckService>,
-    pub tracker: Arc<RedeliveryTracker>,
+    pub relay: Arc<Relay>,
 }
 
 #[async_trait]
 impl BatchHandler for AckConsumer {
     type Record = AckEnvelope;
 
-    async fn handle(&mut self, batch: Vec<AckEnvelope>, applied: AppliedPosition) {
+    async fn handle(&mut self, batch: Vec<AckEnvelope>, at: Checkpoint) {
         let batch: Vec<_> = batch
             .into_iter()
             .flat_map(AckEnvelope::into_records)
             .collect();
         let store = &self.store;
-        let outcomes = retry("applying acks", || store.apply_acks(batch.clone(), applied)).await;
+        let outcomes = retry("applying acks", || store.apply_acks(batch.clone(), at)).await;
+        // (node, token) -> the outcomes of its records, in record order.
+        let mut replies: HashMap<(u16, u64), Vec<_>> = HashMap::new();
         for (record, outcome) in batch.iter().zip(outcomes) {
-            self.tracker
-                .resolve(record.user_id, &outcome.no_longer_pending);
             if let Some(token) = record.reply_token {
-                self.acks.complete(token, outcome);
+                replies
+                    .entry((record.reply_node, token))
+                    .or_default()
+                    .push((record.user_id, outcome));
             }
         }
-        self.acks.applied_up_to(applied.offset);
+        let mut by_node: HashMap<u16, Vec<AckReply>> = HashMap::new();
+        for ((node, token), outcomes) in replies {
+            by_node
+                .entry(node)
+                .or_default()
+                .push(AckReply { token, outcomes });
+        }
+        for (node, replies) in by_node {
+            self.relay.tell(node, Notice::AcksApplied(replies)).await;
+        }
     }
 }
 

@@ -19,7 +19,8 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
 use crate::error::BackendResult;
-use crate::service::backend::{AppliedPosition, Store, TopicConsumer};
+use crate::service::backend::{Checkpoint, TopicConsumer};
+use crate::service::readiness::ConsumerState;
 
 /// Records taken from a topic per poll.
 pub const POLL_MAX: usize = 2048;
@@ -53,17 +54,18 @@ where
 #[async_trait]
 pub trait BatchHandler: Send {
     type Record: DeserializeOwned + Send;
-    /// Handles records up to `applied.offset` and saves that position with
-    /// what it wrote; must not give up (see `retry`).
-    async fn handle(&mut self, batch: Vec<Self::Record>, applied: AppliedPosition);
+    /// Handles the records of `at` (passing `at` on to the store, which
+    /// may save the position with what it wrote); must not give up (see
+    /// `retry`).
+    async fn handle(&mut self, batch: Vec<Self::Record>, at: Checkpoint);
 }
 
 /// Where a consume loop runs: its topic (a metric label), its consumer
-/// group, and the store that saves the group's position.
+/// group, and where it reports its state (readiness, lag).
 pub struct Consuming {
     pub topic: &'static str,
     pub group: &'static str,
-    pub store: Arc<dyn Store>,
+    pub state: Arc<ConsumerState>,
 }
 
 /// The consume loop of `at.group` on `at.topic`.
@@ -76,12 +78,14 @@ pub async fn run_topic<H: BatchHandler>(
     let Consuming {
         topic,
         group,
-        store,
+        state,
     } = at;
-    let mut committed = 0;
+    let lag_gauge = metrics::gauge!("herald_topic_consumer_lag", "topic" => topic);
     loop {
-        // On shutdown, finish what was published before stopping.
-        if *shutdown.borrow() && consumer.lag() == 0 {
+        state.report(consumer.assigned(), consumer.lag());
+        // On shutdown, finish what was published before stopping (unless
+        // other nodes take the partitions over).
+        if *shutdown.borrow() && (consumer.lag() == 0 || !consumer.drain_on_stop()) {
             break;
         }
         let polled = tokio::select! {
@@ -99,7 +103,12 @@ pub async fn run_topic<H: BatchHandler>(
         let (Some(first), Some(last)) = (records.first(), records.last()) else {
             continue;
         };
-        let (first, last) = (first.offset, last.offset);
+        let checkpoint = Checkpoint {
+            consumer: group,
+            partition: first.position.partition,
+            first: first.position.offset,
+            last: last.position.offset,
+        };
         let batch = records
             .iter()
             .filter_map(|r| match serde_json::from_slice(&r.payload) {
@@ -107,26 +116,17 @@ pub async fn run_topic<H: BatchHandler>(
                 Err(e) => {
                     // A record this version cannot read would block the
                     // topic forever; it is logged and skipped.
-                    tracing::error!(topic, offset = r.offset, error = %e, "undecodable record skipped");
+                    tracing::error!(topic, position = ?r.position, error = %e, "undecodable record skipped");
                     None
                 }
             })
             .collect();
-        let applied = AppliedPosition {
-            consumer: group,
-            first,
-            offset: last,
-        };
-        handler.handle(batch, applied).await;
-        // Only what is on disk in the store may leave the topic.
-        let durable = store.durable_position(group);
-        if durable > committed {
-            match consumer.commit(durable).await {
-                Ok(()) => committed = durable,
-                Err(e) => tracing::warn!(topic, error = %e, "offset commit failed; will retry"),
-            }
+        handler.handle(batch, checkpoint).await;
+        if let Err(e) = consumer.commit(checkpoint).await {
+            tracing::warn!(topic, error = %e, "offset commit failed; will retry");
         }
-        metrics::gauge!("herald_topic_consumer_lag", "topic" => topic).set(consumer.lag() as f64);
+        lag_gauge.set(consumer.lag() as f64);
     }
+    state.stopped();
     tracing::info!(topic, "consumer stopped");
 }

@@ -126,7 +126,7 @@ async fn readyz(services: Data<&Services>) -> Response {
     if services.connections.stopping() {
         return (StatusCode::SERVICE_UNAVAILABLE, "not ready: stopping").into_response();
     }
-    match services.store.ping().await {
+    match services.readiness.check(&services.backends).await {
         Ok(()) => "ready".into_response(),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}")).into_response(),
     }

@@ -6,10 +6,12 @@
 //! halves of the send path (accept into the topic, store into the inboxes)
 //! run in parallel on two cores instead of queueing behind one writer.
 
+mod bundle;
 mod checkpointer;
 mod log;
 mod migrate;
 pub mod page_cache;
+mod presence;
 mod reader;
 mod schema;
 mod seqs;
@@ -17,8 +19,10 @@ mod store;
 mod wal_writes;
 mod writer;
 
+pub use bundle::open_backends;
 pub use checkpointer::DurablePositions;
-pub use log::LogTopic;
+pub use log::{AppliedPositions, LogTopic};
+pub use presence::{LocalPresence, LocalQuotas};
 pub use reader::ReadPool;
 pub use store::SqliteStore;
 pub use wal_writes::FAIL_WRITES_ENV;
@@ -30,6 +34,12 @@ use std::sync::Arc;
 
 use crate::error::{BackendError, BackendResult};
 use crate::service::backend::KeyHistory;
+
+impl From<rusqlite::Error> for BackendError {
+    fn from(e: rusqlite::Error) -> Self {
+        BackendError::adapter("sqlite", e)
+    }
+}
 
 /// The opened documents database: its writer thread, its checkpointer
 /// thread and a pool of read connections.
@@ -89,11 +99,13 @@ impl Embedded {
     }
 
     /// Opens topic `name` (lowercase letters and `_`); `history` answers
-    /// for the idempotency keys it no longer holds (none: it keeps none).
+    /// for the idempotency keys it no longer holds (none: it keeps none),
+    /// and `positions` for where its consumers got to.
     pub fn open_topic(
         &self,
         name: &str,
         history: Option<Arc<dyn KeyHistory>>,
+        positions: Option<Arc<dyn AppliedPositions>>,
     ) -> BackendResult<LogTopic> {
         if name.is_empty() || !name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
             return Err(BackendError::Other(format!("invalid topic name {name:?}")));
@@ -102,6 +114,7 @@ impl Embedded {
         let options = log::LogOptions {
             sync: self.durability_full,
             history,
+            positions,
             fail_after_writes: wal_writes::writes_before_failure(
                 dir.as_os_str().as_encoded_bytes(),
             ),

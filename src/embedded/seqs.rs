@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::model::{InboxRef, InboxStatus, MessageDoc, SendRecord, SessionType, StoredMessage};
-use crate::service::backend::AppliedPosition;
+use crate::service::backend::Checkpoint;
 
 /// Entries kept per map before the cache starts over.
 pub const SEQ_CACHE_MAX: usize = 1 << 20;
@@ -127,9 +127,9 @@ impl SeqCache {
     }
 
     /// The writer stored a batch up to `applied`.
-    pub fn stored_through(&mut self, applied: AppliedPosition) {
+    pub fn stored_through(&mut self, applied: Checkpoint) {
         let last = self.applied_through.entry(applied.consumer).or_default();
-        *last = (*last).max(applied.offset);
+        *last = (*last).max(applied.last);
     }
 
     /// Numbers every record of the batch from memory, or gives the records
@@ -137,7 +137,7 @@ impl SeqCache {
     pub fn plan(
         &mut self,
         records: Vec<SendRecord>,
-        applied: AppliedPosition,
+        applied: Checkpoint,
     ) -> Result<Vec<(Planned, StoredMessage)>, Vec<SendRecord>> {
         let unseen = self
             .applied_through
@@ -191,7 +191,6 @@ impl SeqCache {
             doc,
             recipients: recipients.to_vec(),
             accepted_at_ms,
-            session_resolved: new_session.is_some(),
         };
         (planned, stored)
     }

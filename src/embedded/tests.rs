@@ -9,7 +9,7 @@ use rusqlite::Connection;
 
 use super::*;
 use crate::model::{SendRecord, SessionType};
-use crate::service::backend::{AppliedPosition, DurableTopic, Store};
+use crate::service::backend::{Checkpoint, DurableTopic, Store};
 
 fn open(dir: &Path) -> Embedded {
     Embedded::open(dir, true, 256).unwrap()
@@ -17,6 +17,7 @@ fn open(dir: &Path) -> Embedded {
 
 fn record(message_id: u64) -> SendRecord {
     SendRecord {
+        origin_node: 0,
         origin_conn: None,
         message_id,
         session_id: 7,
@@ -39,15 +40,17 @@ async fn applied_positions_are_saved_with_the_documents_and_become_durable() {
     let db = open(dir.path());
     let store = SqliteStore::new(&db.documents);
     assert_eq!(store.applied_position("w").await.unwrap(), None);
-    let applied = |offset| AppliedPosition {
+    let applied = |offset| Checkpoint {
         consumer: "w",
+        partition: 0,
         first: offset,
-        offset,
+        last: offset,
     };
     let stored = store
         .store_messages(vec![record(100), record(101)], applied(2))
         .await
-        .unwrap();
+        .unwrap()
+        .stored;
     let seqs: Vec<i64> = stored.iter().map(|s| s.doc.seq).collect();
     assert_eq!(seqs, vec![1, 2]);
     // Re-applying after a crash (a store that starts cold) skips what is
@@ -56,14 +59,16 @@ async fn applied_positions_are_saved_with_the_documents_and_become_durable() {
     let again = store
         .store_messages(
             vec![record(101), record(102)],
-            AppliedPosition {
+            Checkpoint {
                 consumer: "w",
+                partition: 0,
                 first: 2,
-                offset: 3,
+                last: 3,
             },
         )
         .await
-        .unwrap();
+        .unwrap()
+        .stored;
     let seqs: Vec<i64> = again.iter().map(|s| s.doc.seq).collect();
     assert_eq!(seqs, vec![3]);
     assert_eq!(store.applied_position("w").await.unwrap(), Some(3));
@@ -107,8 +112,9 @@ fn write_old_topics(file: &Path) {
 /// A history that knows no key: only the log answers.
 struct NoHistory;
 
+#[async_trait::async_trait]
 impl KeyHistory for NoHistory {
-    fn receipt(&self, _key: &str) -> BackendResult<Option<Vec<u8>>> {
+    async fn receipt(&self, _key: &str) -> BackendResult<Option<Vec<u8>>> {
         Ok(None)
     }
 }
@@ -118,25 +124,27 @@ impl KeyHistory for NoHistory {
 /// after its committed offset, and the send's key still makes a repeat a
 /// duplicate with the old receipt.
 async fn check_migrated(db: &Embedded) {
-    let session = db.open_topic("session", Some(Arc::new(NoHistory))).unwrap();
-    let mut consumer = session.consumer("g", None).await.unwrap();
+    let session = db
+        .open_topic("session", Some(Arc::new(NoHistory)), None)
+        .unwrap();
+    let mut consumer = session.open_consumer("g", None);
     let offsets: Vec<u64> = consumer
         .poll(10)
         .await
         .unwrap()
         .iter()
-        .map(|r| r.offset)
+        .map(|r| r.position.offset)
         .collect();
     assert_eq!(offsets, [10, 11]);
     let next = session
-        .publish(b"new".to_vec())
+        .publish(0, b"new".to_vec())
         .await
         .unwrap()
         .await
         .unwrap();
-    assert_eq!(next, 12, "offsets go on, never reused");
+    assert_eq!(next.offset, 12, "offsets go on, never reused");
     let dup = session
-        .publish_once("1:a".into(), b"again".to_vec(), b"r".to_vec())
+        .publish_once(0, "1:a".into(), b"again".to_vec(), b"r".to_vec())
         .await
         .unwrap()
         .await
@@ -145,9 +153,10 @@ async fn check_migrated(db: &Embedded) {
         dup,
         crate::service::backend::PublishOnce::Duplicate(vec![1])
     );
-    let ack = db.open_topic("ack", None).unwrap();
-    let mut acks = ack.consumer("ack-cycle", Some(0)).await.unwrap();
-    assert_eq!(acks.poll(10).await.unwrap()[0].offset, 4);
+    let ack = db.open_topic("ack", None, None).unwrap();
+    let mut acks = ack.open_consumer("ack-cycle", Some(0));
+    use crate::service::backend::TopicConsumer;
+    assert_eq!(acks.poll(10).await.unwrap()[0].position.offset, 4);
 }
 
 #[tokio::test]
@@ -185,19 +194,27 @@ async fn a_stored_send_is_found_by_its_sender_and_client_message_id() {
     let store = SqliteStore::new(&db.documents);
     let mut send = record(600);
     send.server_ts = 1234;
-    store.store_messages(vec![send], batch(1, 1)).await.unwrap();
+    store
+        .store_messages(vec![send], batch(1, 1))
+        .await
+        .unwrap()
+        .stored;
     db.documents.writer.flush().await.unwrap();
-    let found = store.sent_message_now(1, "c600").unwrap().expect("stored");
+    let found = store
+        .sent_message(1, "c600")
+        .await
+        .unwrap()
+        .expect("stored");
     assert_eq!(
         (found.message_id, found.session_id, found.server_ts),
         (600, 7, 1234)
     );
     assert_eq!(found.client_message_id, "c600");
     assert!(
-        store.sent_message_now(2, "c600").unwrap().is_none(),
+        store.sent_message(2, "c600").await.unwrap().is_none(),
         "another sender's"
     );
-    assert!(store.sent_message_now(1, "c601").unwrap().is_none());
+    assert!(store.sent_message(1, "c601").await.unwrap().is_none());
 }
 
 #[tokio::test]
@@ -205,22 +222,25 @@ async fn a_new_pair_gets_one_session_with_its_first_stored_message() {
     let dir = tempfile::tempdir().unwrap();
     let db = open(dir.path());
     let store = SqliteStore::new(&db.documents);
-    assert_eq!(store.find_single_session(2, 1).await.unwrap(), None);
-    let applied = AppliedPosition {
-        consumer: "w",
-        first: 1,
-        offset: 1,
-    };
+    // Asked twice before anything is stored, the pair keeps its first id.
+    assert_eq!(store.single_session(2, 1, 7).await.unwrap(), 7);
+    assert_eq!(store.single_session(1, 2, 99).await.unwrap(), 7);
+    let applied = batch(1, 1);
     store
         .store_messages(vec![record(100)], applied)
         .await
         .unwrap();
-    assert_eq!(store.find_single_session(2, 1).await.unwrap(), Some(7));
+    assert_eq!(store.fresh_pair_count(), 0, "stored: known as such");
+    assert_eq!(store.single_session(2, 1, 99).await.unwrap(), 7);
     // A second id handed out for the pair (across a crash) joins the first
     // session, with gap-free seqs.
     let mut stray = record(101);
     stray.session_id = 8;
-    let stored = store.store_messages(vec![stray], applied).await.unwrap();
+    let stored = store
+        .store_messages(vec![stray], applied)
+        .await
+        .unwrap()
+        .stored;
     assert_eq!(stored[0].doc.session_id, 7);
     assert_eq!(stored[0].doc.seq, 2);
     let info = store.session_info(7).await.unwrap().unwrap();
@@ -237,7 +257,8 @@ async fn stomp_acks_name_inbox_entries_and_only_raise_the_users_own() {
     let stored = store
         .store_messages(vec![record(100)], batch(1, 1))
         .await
-        .unwrap();
+        .unwrap()
+        .stored;
     let entry = |user| {
         stored[0]
             .recipients
@@ -253,6 +274,7 @@ async fn stomp_acks_name_inbox_entries_and_only_raise_the_users_own() {
             status: InboxStatus::Delivered,
         },
         reply_token: None,
+        reply_node: 0,
     };
     let outcomes = store
         .apply_acks(
@@ -284,11 +306,12 @@ fn chat(message_id: u64, session_id: u64, from: u64, to: u64) -> SendRecord {
     }
 }
 
-fn batch(first: u64, offset: u64) -> AppliedPosition {
-    AppliedPosition {
+fn batch(first: u64, last: u64) -> Checkpoint {
+    Checkpoint {
         consumer: "w",
+        partition: 0,
         first,
-        offset,
+        last,
     }
 }
 
@@ -296,12 +319,12 @@ fn batch(first: u64, offset: u64) -> AppliedPosition {
 /// `records` (which warms its counters).
 async fn store_after(
     records: Vec<SendRecord>,
-    applied: AppliedPosition,
+    applied: Checkpoint,
 ) -> (tempfile::TempDir, Embedded, SqliteStore) {
     let dir = tempfile::tempdir().unwrap();
     let db = open(dir.path());
     let store = SqliteStore::new(&db.documents);
-    store.store_messages(records, applied).await.unwrap();
+    store.store_messages(records, applied).await.unwrap().stored;
     (dir, db, store)
 }
 
@@ -342,7 +365,8 @@ async fn cached_counters_number_messages_while_the_writer_is_busy() {
     let stored =
         soon(store.store_messages(vec![chat(101, 7, 1, 2), chat(102, 7, 2, 1)], batch(2, 3)))
             .await
-            .unwrap();
+            .unwrap()
+            .stored;
     let numbers: Vec<(i64, Vec<i64>)> = stored
         .iter()
         .map(|s| {
@@ -353,7 +377,6 @@ async fn cached_counters_number_messages_while_the_writer_is_busy() {
         })
         .collect();
     assert_eq!(numbers, vec![(2, vec![2, 2]), (3, vec![3, 3])]);
-    assert!(stored.iter().all(|s| !s.session_resolved));
     drop(release);
     // Readers see what was announced, in the same numbers.
     let synced = store.sync(2, 0, 10).await.unwrap();
@@ -368,7 +391,8 @@ async fn cached_counters_number_messages_while_the_writer_is_busy() {
     let next = restarted
         .store_messages(vec![chat(103, 7, 1, 2)], batch(4, 4))
         .await
-        .unwrap();
+        .unwrap()
+        .stored;
     assert_eq!(next[0].doc.seq, 4);
     assert_eq!(next[0].recipients[1].inbox_seq, 4);
 }
@@ -381,7 +405,8 @@ async fn a_batch_the_store_may_have_seen_goes_through_the_writer() {
     let again = store
         .store_messages(vec![chat(101, 7, 1, 2), chat(102, 7, 1, 2)], batch(2, 3))
         .await
-        .unwrap();
+        .unwrap()
+        .stored;
     let seqs: Vec<i64> = again.iter().map(|s| s.doc.seq).collect();
     assert_eq!(seqs, vec![3]);
 }
@@ -390,35 +415,30 @@ async fn a_batch_the_store_may_have_seen_goes_through_the_writer() {
 async fn a_new_pair_the_directory_named_is_numbered_from_memory() {
     let (_dir, db, store) =
         store_after(vec![chat(100, 7, 1, 2), chat(101, 9, 3, 2)], batch(1, 2)).await;
-    store.single_session_allocated(11, 3, 1);
+    assert_eq!(store.single_session(3, 1, 11).await.unwrap(), 11);
     let release = hold_writer(&db).await;
     let stored =
         soon(store.store_messages(vec![chat(102, 11, 1, 3), chat(103, 11, 3, 1)], batch(3, 4)))
             .await
-            .unwrap();
-    let seqs: Vec<(i64, bool)> = stored
-        .iter()
-        .map(|s| (s.doc.seq, s.session_resolved))
-        .collect();
-    assert_eq!(seqs, vec![(1, true), (2, false)]);
-    // The directory's lookups do not wait for the writer either: the new
-    // pair is known in memory, any other pair is read as committed.
-    assert_eq!(
-        soon(store.find_single_session(3, 1)).await.unwrap(),
-        Some(11)
-    );
-    assert_eq!(soon(store.find_single_session(4, 5)).await.unwrap(), None);
+            .unwrap()
+            .stored;
+    let seqs: Vec<i64> = stored.iter().map(|s| s.doc.seq).collect();
+    assert_eq!(seqs, vec![1, 2]);
+    // Lookups do not wait for the writer either: the new pair is known in
+    // memory, any other pair is read as committed.
+    assert_eq!(soon(store.single_session(3, 1, 99)).await.unwrap(), 11);
+    assert_eq!(soon(store.single_session(4, 5, 45)).await.unwrap(), 45);
     drop(release);
-    assert_eq!(store.find_single_session(1, 3).await.unwrap(), Some(11));
+    assert_eq!(store.single_session(1, 3, 99).await.unwrap(), 11);
     let info = store.session_info(11).await.unwrap().unwrap();
     assert_eq!(info.members, vec![1, 3]);
-    // A second id for a stored pair goes to the writer, which files the
-    // message under the first.
-    store.single_session_allocated(12, 2, 1);
+    // A second id for a stored pair (across a crash) goes to the writer,
+    // which files the message under the first.
     let stray = store
         .store_messages(vec![chat(104, 12, 1, 2)], batch(5, 5))
         .await
-        .unwrap();
+        .unwrap()
+        .stored;
     assert_eq!((stray[0].doc.session_id, stray[0].doc.seq), (7, 2));
     assert!(store.session_info(12).await.unwrap().is_none());
 }
@@ -442,7 +462,11 @@ async fn the_unread_column_follows_every_status_change() {
     let db = open(dir.path());
     let store = SqliteStore::new(&db.documents);
     let records = (100..104).map(|m| chat(m, 7, 1, 2)).collect();
-    let stored = store.store_messages(records, batch(1, 1)).await.unwrap();
+    let stored = store
+        .store_messages(records, batch(1, 1))
+        .await
+        .unwrap()
+        .stored;
     let seq_of = |m: u64| {
         stored
             .iter()
@@ -455,6 +479,7 @@ async fn the_unread_column_follows_every_status_change() {
         user_id: 2,
         command,
         reply_token: None,
+        reply_node: 0,
     };
     let outcomes = store
         .apply_acks(

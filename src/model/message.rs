@@ -71,8 +71,11 @@ impl InboxStatus {
 /// validated message that does not have its `seq` yet.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SendRecord {
-    /// The connection that sent it: the sender's other devices get the
-    /// push, this one gets the `SendAck`.
+    /// The node that accepted it: it waits to answer the sender.
+    #[serde(default)]
+    pub origin_node: u16,
+    /// The connection (on `origin_node`) that sent it: the sender's other
+    /// devices get the push, this one gets the `SendAck`.
     #[serde(default)]
     pub origin_conn: Option<u64>,
     pub message_id: u64,
@@ -130,7 +133,7 @@ impl MessageDoc {
 }
 
 /// One recipient's view of a message: its `UserInbox` entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InboxRef {
     pub user_id: u64,
     pub inbox_seq: i64,
@@ -153,9 +156,27 @@ pub struct StoredMessage {
     pub recipients: Vec<InboxRef>,
     /// When the send was accepted (ms), for the send-to-store histogram.
     pub accepted_at_ms: i64,
-    /// A single chat's session was looked up (and created if new) for this
-    /// message: the first stored in it since the store last cached it.
-    pub session_resolved: bool,
+}
+
+/// What `Store::store_messages` did with a batch of records.
+#[derive(Debug, Clone, Default)]
+pub struct StoredBatch {
+    /// The records stored now, in record order.
+    pub stored: Vec<StoredMessage>,
+    /// Records not stored because their send was stored before: with the
+    /// same message id (a record processed again), or as another message
+    /// with the same (`senderId`, `clientMessageId`) (a repeat the topic
+    /// did not catch).
+    pub known: Vec<KnownSend>,
+}
+
+/// A record whose send was stored before.
+#[derive(Debug, Clone)]
+pub struct KnownSend {
+    /// The record's message id (what its sender waits for).
+    pub message_id: u64,
+    /// The stored send it is.
+    pub accepted: AcceptedSend,
 }
 
 /// What the sender is told once a send is durably accepted.
@@ -207,9 +228,12 @@ pub enum AckCommand {
 pub struct AckRecord {
     pub user_id: u64,
     pub command: AckCommand,
-    /// Set when the publisher waits for the outcome (REST answers `updated`).
+    /// Set when the publisher waits for the outcome: the token it waits
+    /// on, on node `reply_node`.
     #[serde(default)]
     pub reply_token: Option<u64>,
+    #[serde(default)]
+    pub reply_node: u16,
 }
 
 /// What one ack-topic record carries: a single ack (a REST or `/app/ack`
@@ -259,7 +283,7 @@ impl AckEnvelope {
 }
 
 /// The outcome of applying one `AckRecord`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct AckOutcome {
     /// Inbox entries whose status changed.
     pub updated: u64,
@@ -339,6 +363,7 @@ mod tests {
                 status: InboxStatus::Delivered,
             },
             reply_token: Some(9),
+            reply_node: 0,
         };
         // A record written alone (also by earlier versions) is one ack.
         let alone = serde_json::to_vec(&one).unwrap();

@@ -1,13 +1,19 @@
-//! The backend traits. The embedded adapters live in `crate::embedded`; the
-//! cluster adapters (MongoDB, RocketMQ, Redis) implement the same traits.
+//! The backend traits, and the bundle of them a node runs on. The
+//! embedded adapters live in `crate::embedded`, the cluster ones (MongoDB,
+//! RocketMQ, Redis) in `crate::cluster`; `crate::app` opens one bundle
+//! from the configuration, and nothing above this module knows which.
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures_util::future::BoxFuture;
 
+use super::notices::Notice;
 use crate::error::BackendResult;
+use crate::model::dto::PresenceVo;
 use crate::model::{
     AcceptedSend, AckOutcome, AckRecord, Group, InboxMessage, MessageDoc, SendRecord, SessionInfo,
-    SessionSummary, StoredMessage, User,
+    SessionSummary, StoredBatch, User,
 };
 
 /// Documents: users, groups, sessions, `MessageDoc`s and `UserInbox` entries.
@@ -26,37 +32,30 @@ pub trait Store: Send + Sync + 'static {
     /// `false` if the user was not a member.
     async fn remove_group_member(&self, group_id: u64, user_id: u64) -> BackendResult<bool>;
 
-    /// The single session of two users, if it was stored. A new one is
-    /// created by `store_messages`, with the first message stored in it.
-    async fn find_single_session(&self, a: u64, b: u64) -> BackendResult<Option<u64>>;
-    /// The directory gave the new pair `a`, `b` the id `session_id`
-    /// (nothing is stored under it yet): a store may number its first
-    /// messages without looking the pair up.
-    fn single_session_allocated(&self, _session_id: u64, _a: u64, _b: u64) {}
+    /// The single session of users `a` and `b`: the one they have, or
+    /// `candidate` if they have none yet. Every caller, on every node, gets
+    /// the same id for a pair (a store may keep a new pair's id to itself
+    /// until its first message is stored, if it alone numbers them).
+    async fn single_session(&self, a: u64, b: u64, candidate: u64) -> BackendResult<u64>;
     async fn session_info(&self, session_id: u64) -> BackendResult<Option<SessionInfo>>;
 
     /// Writes one `MessageDoc` and one inbox entry per recipient for each
-    /// record, assigning `seq` and `inboxSeq`, and saves `applied` with
-    /// them. Idempotent on `message_id`: a record stored before is skipped
-    /// (records after the last batch the store took, by `applied.first`,
-    /// were not: a store may number them without looking).
+    /// record, assigning `seq` and `inboxSeq`. Idempotent: a record whose
+    /// message is stored, or whose (`senderId`, `clientMessageId`) another
+    /// stored message has, is not stored again but reported in `known`.
+    /// `at` names the records' place in their topic, for stores that save
+    /// a consumer's position with what it applied.
     async fn store_messages(
         &self,
         records: Vec<SendRecord>,
-        applied: AppliedPosition,
-    ) -> BackendResult<Vec<StoredMessage>>;
-    /// Applies inbox status changes (monotonic), one outcome per record,
-    /// and saves `applied` with them.
+        at: Checkpoint,
+    ) -> BackendResult<StoredBatch>;
+    /// Applies inbox status changes (monotonic), one outcome per record.
     async fn apply_acks(
         &self,
         acks: Vec<AckRecord>,
-        applied: AppliedPosition,
+        at: Checkpoint,
     ) -> BackendResult<Vec<AckOutcome>>;
-    /// The position last saved for `consumer`, if any: where it resumes.
-    async fn applied_position(&self, consumer: &str) -> BackendResult<Option<u64>>;
-    /// The highest position saved for `consumer` that survives a power
-    /// loss; its topic may forget the records up to it.
-    fn durable_position(&self, consumer: &str) -> u64;
     /// Marks the message recalled if `sender_id` sent it at or after
     /// `not_before_ms`.
     async fn recall(
@@ -67,10 +66,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> BackendResult<RecallOutcome>;
 
     async fn message(&self, message_id: u64) -> BackendResult<Option<MessageDoc>>;
-    /// The stored message `sender_id` sent as `client_message_id`, if any,
-    /// from what is committed. A point lookup answered on the calling
-    /// thread: the idempotency check of every send asks it.
-    fn sent_message_now(
+    /// The stored message `sender_id` sent as `client_message_id`, if any.
+    async fn sent_message(
         &self,
         sender_id: u64,
         client_message_id: &str,
@@ -117,16 +114,23 @@ pub trait Store: Send + Sync + 'static {
     async fn close(&self) -> BackendResult<()>;
 }
 
-/// How far a topic consumer has applied its topic, saved atomically with
-/// what it applied, so the documents and the consumer's position never
-/// disagree (whatever the store's own durability).
-#[derive(Debug, Clone, Copy)]
-pub struct AppliedPosition {
-    pub consumer: &'static str,
-    /// The offset of the batch's first record.
-    pub first: u64,
-    /// The offset of its last: the position saved.
+/// Where a record sits in a topic: a topic is split into partitions (the
+/// embedded log has one, a RocketMQ topic has its queues), each totally
+/// ordered by offset. Records published with the same route share a
+/// partition, so their order is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Position {
+    pub partition: u32,
     pub offset: u64,
+}
+
+/// A batch a consumer applies: records `first..=last` of one partition.
+#[derive(Debug, Clone, Copy)]
+pub struct Checkpoint {
+    pub consumer: &'static str,
+    pub partition: u32,
+    pub first: u64,
+    pub last: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -140,8 +144,8 @@ pub enum RecallOutcome {
 /// The outcome of a deduplicated publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PublishOnce {
-    /// Appended at this offset.
-    Published(u64),
+    /// Appended at this position.
+    Published(Position),
     /// The key was published before; here is the receipt stored with it.
     Duplicate(Vec<u8>),
 }
@@ -151,35 +155,38 @@ pub type Durable<T> = BoxFuture<'static, BackendResult<T>>;
 
 /// Where a topic looks up an idempotency key it no longer holds itself:
 /// its record was applied for good, so what it was applied to knows the
-/// key. Answered on the calling thread (a point lookup on an index).
+/// key.
+#[async_trait]
 pub trait KeyHistory: Send + Sync + 'static {
     /// The receipt the key's first publish stored, if it was published.
-    fn receipt(&self, key: &str) -> BackendResult<Option<Vec<u8>>>;
+    async fn receipt(&self, key: &str) -> BackendResult<Option<Vec<u8>>>;
 }
 
-/// A durable, ordered append log with committed consumer offsets.
+/// A durable topic: partitions of ordered records, consumed by groups
+/// that each process every record (at least once).
 #[async_trait]
 pub trait DurableTopic: Send + Sync + 'static {
     fn name(&self) -> &str;
-    /// Queues `payload`; the outer await is backpressure (and fixes the order
-    /// against later publishes of the same caller), the returned future
-    /// resolves once the record would survive a crash.
-    async fn publish(&self, payload: Vec<u8>) -> BackendResult<Durable<u64>>;
+    /// Queues `payload` in the partition of `route`; the outer await is
+    /// backpressure (and fixes the order against later publishes of the
+    /// same caller and route), the returned future resolves once the
+    /// record would survive a crash.
+    async fn publish(&self, route: u64, payload: Vec<u8>) -> BackendResult<Durable<Position>>;
     /// Like `publish`, but at most once per `key`: a repeat gets the
-    /// `receipt` stored by the first publish instead.
+    /// `receipt` stored by the first publish instead. (A topic may answer
+    /// some repeats only through its consumers: a store then reports the
+    /// record as `known`.)
     async fn publish_once(
         &self,
+        route: u64,
         key: String,
         payload: Vec<u8>,
         receipt: Vec<u8>,
     ) -> BackendResult<Durable<PublishOnce>>;
-    /// A consumer of `group`, resuming after `resume_after` or, if `None`,
-    /// after its committed offset.
-    async fn consumer(
-        &self,
-        group: &str,
-        resume_after: Option<u64>,
-    ) -> BackendResult<Box<dyn TopicConsumer>>;
+    /// A consumer of `group`, resuming where the group got to.
+    async fn consumer(&self, group: &'static str) -> BackendResult<Box<dyn TopicConsumer>>;
+    /// Answers when the topic can take publishes.
+    async fn ping(&self) -> BackendResult<()>;
     /// Makes everything published durable and releases the topic, as
     /// `Store::close` does.
     async fn close(&self) -> BackendResult<()>;
@@ -189,20 +196,124 @@ pub trait DurableTopic: Send + Sync + 'static {
 /// publisher, an in-memory tail and every consumer.
 #[derive(Debug, Clone)]
 pub struct TopicRecord {
-    pub offset: u64,
+    pub position: Position,
     pub payload: bytes::Bytes,
 }
 
 #[async_trait]
 pub trait TopicConsumer: Send {
-    /// The next records (at most `max`), waiting until there is one.
+    /// The next records (at most `max`, all of one partition, ascending),
+    /// waiting until there is one.
     async fn poll(&mut self, max: usize) -> BackendResult<Vec<TopicRecord>>;
-    /// Marks everything up to `offset` processed for good: records up to it
-    /// may be pruned. Processing is idempotent, so a commit lost in a crash
-    /// only causes harmless reprocessing.
-    async fn commit(&mut self, offset: u64) -> BackendResult<()>;
-    /// Records published but not yet polled.
+    /// Marks the records through `at` processed: they need not be
+    /// delivered again (the topic decides when they are deleted).
+    /// Processing is idempotent, so a commit lost in a crash only causes
+    /// harmless reprocessing.
+    async fn commit(&mut self, at: Checkpoint) -> BackendResult<()>;
+    /// Records published but not yet polled, over the partitions held.
     fn lag(&self) -> u64;
-    /// The offset of the last record polled (or resumed after).
-    fn position(&self) -> u64;
+    /// Whether the consumer holds partitions to consume (a consumer that
+    /// shares its group with other nodes gets them at a rebalance).
+    fn assigned(&self) -> bool;
+    /// Whether a stopping node consumes what is left before it stops (no
+    /// other node would), or leaves it to the nodes that take its
+    /// partitions over.
+    fn drain_on_stop(&self) -> bool {
+        true
+    }
+}
+
+/// Who is online and on which node, and the messages between nodes:
+/// pushes to the devices a node holds, answers to the node a request came
+/// from, and broadcasts to every node.
+#[async_trait]
+pub trait Presence: Send + Sync + 'static {
+    /// This node's id.
+    fn node(&self) -> u16;
+    /// A device of `user_id` connects to this node; `false` (and nothing
+    /// counted) if the user has `max_devices` already, over every node.
+    async fn device_connected(&self, user_id: u64, max_devices: usize) -> BackendResult<bool>;
+    /// A device counted by `device_connected` left.
+    async fn device_disconnected(&self, user_id: u64) -> BackendResult<()>;
+    /// `online` and `lastSeenAt` of each user.
+    async fn presence(&self, user_ids: &[u64]) -> BackendResult<Vec<PresenceVo>>;
+    /// The nodes holding devices of each of these users.
+    async fn locate(&self, user_ids: &[u64]) -> BackendResult<Locations>;
+    /// Delivers `notice` to another node's `NodeMail`, at most once.
+    async fn tell(&self, node: u16, notice: Notice) -> BackendResult<()>;
+    /// Delivers `notice` to every other node, at most once.
+    async fn tell_all(&self, notice: Notice) -> BackendResult<()>;
+    /// Where notices from other nodes go; called once, at start.
+    fn attach(&self, mail: Arc<dyn NodeMail>);
+    /// Answers when the backend can serve.
+    async fn ping(&self) -> BackendResult<()>;
+    /// Says this node is gone (its devices with it) and releases the backend.
+    async fn close(&self) -> BackendResult<()>;
+}
+
+/// Where users' devices are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Locations {
+    /// Every device is on this node (there is no other).
+    AllHere,
+    /// (node, the users with devices there); users with no device anywhere
+    /// are left out.
+    Nodes(Vec<(u16, Vec<u64>)>),
+}
+
+/// What receives the notices other nodes send this one (and those this
+/// node sends itself).
+pub trait NodeMail: Send + Sync + 'static {
+    fn receive(&self, notice: Notice);
+}
+
+/// Limits that hold per user over every node.
+#[async_trait]
+pub trait Quotas: Send + Sync + 'static {
+    /// Takes one send from the user's token bucket (its rate and size are
+    /// the configuration's); `false` if it is empty.
+    async fn take_send(&self, user_id: u64) -> BackendResult<bool>;
+}
+
+/// The backends a node runs on, opened together from the configuration.
+pub struct Backends {
+    /// `embedded` or `cluster`, for logs and metrics.
+    pub mode: &'static str,
+    pub store: Arc<dyn Store>,
+    pub session_topic: Arc<dyn DurableTopic>,
+    pub ack_topic: Arc<dyn DurableTopic>,
+    pub presence: Arc<dyn Presence>,
+    pub quotas: Arc<dyn Quotas>,
+    /// The HS256 secret every node of the deployment signs tokens with.
+    pub jwt_secret: Vec<u8>,
+    /// Sends must not be served before the session consumer caught up
+    /// with what was published before a restart: the embedded store keeps
+    /// a new pair's session id in memory until its first message is
+    /// stored, so a send racing the replay could hand out a second one.
+    pub replay_before_serving: bool,
+}
+
+impl Backends {
+    /// Whether every backend answers.
+    pub async fn check(&self) -> BackendResult<()> {
+        self.store.ping().await?;
+        self.session_topic.ping().await?;
+        self.ack_topic.ping().await?;
+        self.presence.ping().await
+    }
+
+    /// Closes the topics, the store and presence, logging what fails.
+    pub async fn close(&self) {
+        for topic in [&self.session_topic, &self.ack_topic] {
+            if let Err(e) = topic.close().await {
+                tracing::error!(error = %e, topic = topic.name(), "closing the topic failed");
+            }
+        }
+        if let Err(e) = self.store.close().await {
+            tracing::error!(error = %e, "closing the store failed");
+        }
+        if let Err(e) = self.presence.close().await {
+            tracing::error!(error = %e, "closing presence failed");
+        }
+    }
 }

@@ -1,5 +1,6 @@
-//! The node's online devices: who is connected, presence, and the fan-out
-//! of pushes and `/topic/...` broadcasts to connection queues.
+//! The node's own devices: who is connected here, and the fan-out of
+//! pushes and `/topic/...` broadcasts to their connection queues. (Who is
+//! online anywhere, and the cap on devices per user, are `Presence`'s.)
 //!
 //! Each connection has one bounded queue. A push never waits: a device whose
 //! queue is full is a slow consumer and is disconnected (its messages stay
@@ -13,10 +14,6 @@ use std::time::Instant;
 use bytes::Bytes;
 use parking_lot::RwLock;
 use tokio::sync::{mpsc, Notify};
-
-use crate::error::{AppError, AppResult};
-use crate::model::dto::PresenceVo;
-use crate::model::ids::now_ms;
 
 /// A message or recall event, serialized once for one user.
 #[derive(Debug)]
@@ -68,40 +65,30 @@ pub struct Registration {
 
 pub struct DeliveryHub {
     devices: RwLock<HashMap<u64, Vec<Device>>>,
-    last_seen: RwLock<HashMap<u64, i64>>,
     topics: RwLock<HashMap<Arc<str>, Vec<Device>>>,
     next_conn: AtomicU64,
     connections: AtomicU64,
-    max_per_user: usize,
     queue: usize,
 }
 
 impl DeliveryHub {
-    pub fn new(max_per_user: usize, queue: usize) -> DeliveryHub {
+    pub fn new(queue: usize) -> DeliveryHub {
         DeliveryHub {
             devices: RwLock::new(HashMap::new()),
-            last_seen: RwLock::new(HashMap::new()),
             topics: RwLock::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
             connections: AtomicU64::new(0),
-            max_per_user,
             queue,
         }
     }
 
-    /// Registers a device of `user_id` (at most `max_connections_per_user`).
-    pub fn register(&self, user_id: u64) -> AppResult<Registration> {
+    /// Registers a device of `user_id` on this node.
+    pub fn register(&self, user_id: u64) -> Registration {
         let conn_id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(self.queue);
         let kill = Arc::new(Notify::new());
         let mut devices = self.devices.write();
         let list = devices.entry(user_id).or_default();
-        if list.len() >= self.max_per_user {
-            return Err(AppError::RateLimited(format!(
-                "at most {} connections per user",
-                self.max_per_user
-            )));
-        }
         list.push(Device {
             conn_id,
             tx,
@@ -112,7 +99,7 @@ impl DeliveryHub {
         let n = self.connections.fetch_add(1, Ordering::Relaxed) + 1;
         metrics::gauge!("herald_ws_connections").set(n as f64);
         metrics::gauge!("herald_online_users").set(online as f64);
-        Ok(Registration { conn_id, rx, kill })
+        Registration { conn_id, rx, kill }
     }
 
     /// Forgets a device; its topic subscriptions must be dropped first.
@@ -125,7 +112,6 @@ impl DeliveryHub {
             removed = list.len() < before;
             if list.is_empty() {
                 devices.remove(&user_id);
-                self.last_seen.write().insert(user_id, now_ms());
             }
         }
         let online = devices.len();
@@ -151,19 +137,6 @@ impl DeliveryHub {
             .read()
             .get(&user_id)
             .is_some_and(|list| list.iter().any(|d| Some(d.conn_id) != except))
-    }
-
-    pub fn presence(&self, user_ids: &[u64]) -> Vec<PresenceVo> {
-        let devices = self.devices.read();
-        let seen = self.last_seen.read();
-        user_ids
-            .iter()
-            .map(|id| PresenceVo {
-                user_id: id.to_string(),
-                online: devices.contains_key(id),
-                last_seen_at: seen.get(id).copied(),
-            })
-            .collect()
     }
 
     /// Queues `event` to every device of `user_id` but `except`; returns how
@@ -261,25 +234,22 @@ mod tests {
     }
 
     #[test]
-    fn presence_and_limits() {
-        let hub = DeliveryHub::new(2, 4);
-        let a = hub.register(7).unwrap();
-        let b = hub.register(7).unwrap();
-        assert!(hub.register(7).is_err(), "third device over the limit");
-        assert!(hub.presence(&[7])[0].online);
+    fn a_user_is_online_here_while_a_device_is() {
+        let hub = DeliveryHub::new(4);
+        let a = hub.register(7);
+        let b = hub.register(7);
+        assert!(hub.is_online(7) && !hub.is_online(8));
         hub.unregister(7, a.conn_id);
         assert!(hub.is_online(7));
         hub.unregister(7, b.conn_id);
-        let p = &hub.presence(&[7, 8]);
-        assert!(!p[0].online && p[0].last_seen_at.is_some());
-        assert!(!p[1].online && p[1].last_seen_at.is_none());
+        assert!(!hub.is_online(7));
     }
 
     #[tokio::test]
     async fn pushes_skip_the_origin_and_full_queues_kill() {
-        let hub = DeliveryHub::new(4, 1);
-        let mut a = hub.register(1).unwrap();
-        let mut b = hub.register(1).unwrap();
+        let hub = DeliveryHub::new(1);
+        let mut a = hub.register(1);
+        let mut b = hub.register(1);
         assert_eq!(hub.push_to_user(1, &event(1), Some(a.conn_id)), 1);
         assert!(a.rx.try_recv().is_err());
         assert!(b.rx.try_recv().is_ok());

@@ -1,30 +1,37 @@
 //! Users, groups and sessions: who exists and who may see what. Hot-path
 //! lookups (does this user exist, who is in this session) are cached; users
-//! are never deleted and single sessions never change, and group changes
-//! made through this service invalidate the cache.
+//! are never deleted and single sessions never change. A group change made
+//! here is told to every node, which forget what they cached of it; and a
+//! group's members are cached for `GROUP_CACHE_TTL` at most, should such a
+//! word be lost.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
 use validator::Validate;
 
 use super::auth::AuthService;
 use super::backend::Store;
+use super::notices::Notice;
+use super::relay::Relay;
 use crate::error::{AppError, AppResult};
 use crate::model::dto::{validation_message, GroupVo, LoginReq, LoginResp, RegisterReq, UserVo};
 use crate::model::ids::now_ms;
-use crate::model::{parse_id, Group, IdGenerator, SessionInfo, User};
+use crate::model::{parse_id, Group, IdGenerator, SessionInfo, SessionType, User};
 
 pub struct Directory {
     store: Arc<dyn Store>,
     auth: Arc<AuthService>,
     ids: Arc<IdGenerator>,
+    relay: Arc<Relay>,
     /// Entries kept per cache before it starts over.
     cache_max: usize,
     known_users: RwLock<HashSet<u64>>,
-    single_sessions: RwLock<SingleSessions>,
-    sessions: RwLock<HashMap<u64, Arc<SessionInfo>>>,
+    /// The single session of each pair (users ordered low, high).
+    single_sessions: RwLock<HashMap<(u64, u64), u64>>,
+    sessions: RwLock<HashMap<u64, (Arc<SessionInfo>, Instant)>>,
     /// group id -> its session id
     group_sessions: RwLock<HashMap<u64, u64>>,
 }
@@ -33,24 +40,8 @@ pub struct Directory {
 /// without a bound, memory grew with every pair that ever talked).
 const CACHE_MAX: usize = 1 << 20;
 
-/// The single session of each pair (users ordered low, high).
-#[derive(Default)]
-struct SingleSessions {
-    /// Pairs whose session the store holds: a cache, trimmed when full.
-    stored: HashMap<(u64, u64), u64>,
-    /// Pairs given an id here whose first message is not stored yet: the
-    /// only record of that id, kept until the message is stored.
-    fresh: HashMap<(u64, u64), u64>,
-}
-
-impl SingleSessions {
-    fn get(&self, key: &(u64, u64)) -> Option<u64> {
-        self.stored
-            .get(key)
-            .or_else(|| self.fresh.get(key))
-            .copied()
-    }
-}
+/// How long a group's members are trusted from the cache.
+const GROUP_CACHE_TTL: Duration = Duration::from_secs(10);
 
 /// Inserts into a cache that starts over when full: a miss only costs a
 /// lookup in the store, and nothing here is needed for correctness.
@@ -85,20 +76,27 @@ fn validate(req: &impl Validate) -> AppResult<()> {
 }
 
 impl Directory {
-    pub fn new(store: Arc<dyn Store>, auth: Arc<AuthService>, ids: Arc<IdGenerator>) -> Directory {
-        Directory::with_cache_max(store, auth, ids, CACHE_MAX)
+    pub fn new(
+        store: Arc<dyn Store>,
+        auth: Arc<AuthService>,
+        ids: Arc<IdGenerator>,
+        relay: Arc<Relay>,
+    ) -> Directory {
+        Directory::with_cache_max(store, auth, ids, relay, CACHE_MAX)
     }
 
     fn with_cache_max(
         store: Arc<dyn Store>,
         auth: Arc<AuthService>,
         ids: Arc<IdGenerator>,
+        relay: Arc<Relay>,
         cache_max: usize,
     ) -> Directory {
         Directory {
             store,
             auth,
             ids,
+            relay,
             cache_max: cache_max.max(1),
             known_users: RwLock::new(HashSet::new()),
             single_sessions: RwLock::default(),
@@ -182,53 +180,25 @@ impl Directory {
         known.extend(ids.iter().copied());
     }
 
-    /// The single session of two users. A new pair gets its id here, held
-    /// only in memory until the first message stored in it creates the
-    /// session (`Store::store_messages`, then `single_session_stored`): a
-    /// first message costs no write and no wait for a commit.
+    /// The single session of two users; the store decides a new pair's
+    /// id, the same on every node.
     pub async fn single_session(&self, a: u64, b: u64) -> AppResult<u64> {
         let key = (a.min(b), a.max(b));
-        if let Some(id) = self.single_sessions.read().get(&key) {
+        if let Some(&id) = self.single_sessions.read().get(&key) {
             return Ok(id);
         }
-        let stored = self.store.find_single_session(a, b).await?;
-        // Under the lock: concurrent first sends of a pair agree on one id.
-        let mut sessions = self.single_sessions.write();
-        if let Some(id) = sessions.get(&key) {
-            return Ok(id);
-        }
-        Ok(match stored {
-            Some(id) => {
-                insert_bounded(&mut sessions.stored, self.cache_max, key, id);
-                id
-            }
-            None => {
-                let id = self.ids.next_id();
-                sessions.fresh.insert(key, id);
-                self.store.single_session_allocated(id, a, b);
-                id
-            }
-        })
-    }
-
-    /// Called once the store holds a message of the single session
-    /// `session_id` of `a` and `b`: from now on the store is its record.
-    /// (A fresh id whose first send never reached the topic stays; only a
-    /// failing backend leaves such sends.)
-    pub fn single_session_stored(&self, a: u64, b: u64, session_id: u64) {
-        let key = (a.min(b), a.max(b));
-        if self.single_sessions.read().stored.get(&key) == Some(&session_id) {
-            return;
-        }
-        let mut sessions = self.single_sessions.write();
-        sessions.fresh.remove(&key);
-        insert_bounded(&mut sessions.stored, self.cache_max, key, session_id);
+        let id = self.store.single_session(a, b, self.ids.next_id()).await?;
+        insert_bounded(&mut self.single_sessions.write(), self.cache_max, key, id);
+        Ok(id)
     }
 
     /// Who belongs to a session (`not_found` if it does not exist).
     pub async fn session(&self, session_id: u64) -> AppResult<Arc<SessionInfo>> {
-        if let Some(s) = self.sessions.read().get(&session_id) {
-            return Ok(s.clone());
+        if let Some((s, at)) = self.sessions.read().get(&session_id) {
+            let fresh = s.session_type == SessionType::Single || at.elapsed() < GROUP_CACHE_TTL;
+            if fresh {
+                return Ok(s.clone());
+            }
         }
         let info = self
             .store
@@ -240,7 +210,7 @@ impl Directory {
             &mut self.sessions.write(),
             self.cache_max,
             session_id,
-            info.clone(),
+            (info.clone(), Instant::now()),
         );
         Ok(info)
     }
@@ -298,8 +268,17 @@ impl Directory {
             .ok_or_else(|| AppError::not_found(format!("group {group_id} not found")))
     }
 
-    fn forget_group(&self, g: &Group) {
-        self.sessions.write().remove(&g.session_id);
+    /// A group's members changed: this node and every other forget them.
+    async fn forget_group(&self, g: &Group) {
+        self.forget_session(g.session_id);
+        self.relay
+            .tell_others(Notice::SessionChanged(g.session_id))
+            .await;
+    }
+
+    /// Forgets what is cached of a session.
+    pub fn forget_session(&self, session_id: u64) {
+        self.sessions.write().remove(&session_id);
     }
 
     fn parse_ids(field: &str, raw: &[String]) -> AppResult<Vec<u64>> {
@@ -362,7 +341,7 @@ impl Directory {
         let ids = Self::parse_ids("userIds", raw_ids)?;
         self.require_users(&ids).await?;
         self.store.add_group_members(group_id, &ids).await?;
-        self.forget_group(&g);
+        self.forget_group(&g).await;
         let g = self.load_group(group_id).await?;
         Ok(group_vo(&g))
     }
@@ -384,74 +363,7 @@ impl Directory {
                 "user {member} is not a member"
             )));
         }
-        self.forget_group(&g);
+        self.forget_group(&g).await;
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::embedded::{Embedded, SqliteStore};
-    use crate::model::{SendRecord, SessionType};
-    use crate::service::backend::AppliedPosition;
-
-    fn first_message(from: u64, to: u64, session_id: u64, ids: &IdGenerator) -> SendRecord {
-        SendRecord {
-            origin_conn: None,
-            message_id: ids.next_id(),
-            session_id,
-            session_type: SessionType::Single,
-            sender_id: from,
-            to_user_id: Some(to),
-            group_id: None,
-            message_type: 1,
-            content: "hi".into(),
-            client_message_id: format!("c-{from}-{to}"),
-            client_ts: 1,
-            server_ts: 1,
-            adjusted_ts: 1,
-        }
-    }
-
-    /// The caches stay bounded, and trimming never loses a new pair's id
-    /// before its first message is stored: after that the store has it.
-    #[tokio::test]
-    async fn single_sessions_stay_bounded_and_agree_with_the_store() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Embedded::open(dir.path(), false, 64).unwrap();
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::new(&db.documents));
-        let auth = Arc::new(AuthService::new(b"0123456789abcdef0123456789abcdef", 60).unwrap());
-        let ids = Arc::new(IdGenerator::new(1));
-        let directory = Directory::with_cache_max(store.clone(), auth, ids.clone(), 4);
-
-        let fresh = directory.single_session(1, 2).await.unwrap();
-        assert_eq!(directory.single_session(2, 1).await.unwrap(), fresh);
-        for pair in 10..30 {
-            directory.single_session_stored(pair, pair + 100, pair + 1_000);
-        }
-        assert!(directory.single_sessions.read().stored.len() <= 4);
-        // Still the only record of the pair: trimming left it alone.
-        assert_eq!(directory.single_session(1, 2).await.unwrap(), fresh);
-
-        let record = first_message(1, 2, fresh, &ids);
-        let applied = AppliedPosition {
-            consumer: "test",
-            first: 1,
-            offset: 1,
-        };
-        let stored = store.store_messages(vec![record], applied).await.unwrap();
-        assert_eq!(stored[0].doc.session_id, fresh);
-        assert!(
-            stored[0].session_resolved,
-            "what tells the consumer to report it"
-        );
-        directory.single_session_stored(1, 2, fresh);
-        assert!(directory.single_sessions.read().fresh.is_empty());
-        for pair in 10..30 {
-            directory.single_session_stored(pair, pair + 100, pair + 1_000);
-        }
-        // Trimmed from memory now, and found again in the store.
-        assert_eq!(directory.single_session(2, 1).await.unwrap(), fresh);
     }
 }

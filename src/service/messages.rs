@@ -6,12 +6,17 @@ use std::time::Instant;
 use bytes::Bytes;
 use validator::Validate;
 
+use async_trait::async_trait;
+
 use super::acks::AckService;
-use super::backend::{Durable, DurableTopic, KeyHistory, PublishOnce, RecallOutcome, Store};
-use super::delivery::{DeliveryHub, UserEvent};
+use super::backend::{
+    Durable, DurableTopic, KeyHistory, PublishOnce, Quotas, RecallOutcome, Store,
+};
+use super::delivery::UserEvent;
 use super::directory::Directory;
-use super::rate_limit::RateLimiter;
-use super::watermark::Watermark;
+use super::mailbox::{SendWaiters, StoredAs};
+use super::notices::RoutedEvent;
+use super::relay::Relay;
 use crate::config::Config;
 use crate::error::{AppError, AppResult, BackendResult};
 use crate::model::dto::{
@@ -34,9 +39,21 @@ pub struct MessageService {
     topic: Arc<dyn DurableTopic>,
     directory: Arc<Directory>,
     acks: Arc<AckService>,
-    delivery: Arc<DeliveryHub>,
-    send_limiter: RateLimiter<u64>,
-    stored: Arc<Watermark>,
+    relay: Arc<Relay>,
+    quotas: Arc<dyn Quotas>,
+    sends: Arc<SendWaiters>,
+}
+
+/// What a `MessageService` works with besides its configuration.
+pub struct MessageDeps {
+    pub ids: Arc<IdGenerator>,
+    pub store: Arc<dyn Store>,
+    pub topic: Arc<dyn DurableTopic>,
+    pub directory: Arc<Directory>,
+    pub acks: Arc<AckService>,
+    pub relay: Arc<Relay>,
+    pub quotas: Arc<dyn Quotas>,
+    pub sends: Arc<SendWaiters>,
 }
 
 /// A send that is queued on the session topic; awaiting it yields the
@@ -48,12 +65,13 @@ pub type PendingSend =
 /// the stored messages answer for them.
 pub struct StoredSends(pub Arc<dyn Store>);
 
+#[async_trait]
 impl KeyHistory for StoredSends {
-    fn receipt(&self, key: &str) -> BackendResult<Option<Vec<u8>>> {
+    async fn receipt(&self, key: &str) -> BackendResult<Option<Vec<u8>>> {
         let Some((sender_id, client_message_id)) = AcceptedSend::parse_key(key) else {
             return Ok(None);
         };
-        match self.0.sent_message_now(sender_id, client_message_id)? {
+        match self.0.sent_message(sender_id, client_message_id).await? {
             Some(accepted) => Ok(Some(serde_json::to_vec(&accepted)?)),
             None => Ok(None),
         }
@@ -70,6 +88,34 @@ pub fn send_ack(a: &AcceptedSend) -> SendAck {
     }
 }
 
+/// Waits for the session consumer to store a published send: read your
+/// writes. Bounded: the send is durable already, so a slow consumer
+/// delays the answer but never loses it.
+async fn answer_stored(
+    accepted: AcceptedSend,
+    stored: tokio::sync::oneshot::Receiver<StoredAs>,
+) -> AppResult<SendAck> {
+    let how = tokio::time::timeout(STORED_WAIT, stored).await;
+    if !matches!(how, Ok(Ok(StoredAs::Original(_)))) {
+        metrics::counter!("herald_messages_sent_total").increment(1);
+    }
+    match how {
+        Ok(Ok(StoredAs::Itself)) => Ok(send_ack(&accepted)),
+        Ok(Ok(StoredAs::Original(original))) => {
+            // A repeat that only the store caught.
+            metrics::counter!("herald_duplicate_sends_total").increment(1);
+            Ok(send_ack(&original))
+        }
+        _ => {
+            tracing::warn!(
+                message_id = accepted.message_id,
+                "answering a send before its inbox write"
+            );
+            Ok(send_ack(&accepted))
+        }
+    }
+}
+
 fn vos(list: &[InboxMessage]) -> Vec<MessageVo> {
     list.iter().map(MessageVo::from).collect()
 }
@@ -82,18 +128,17 @@ fn check_limit(name: &str, value: usize, max: usize) -> AppResult<usize> {
 }
 
 impl MessageService {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        config: Arc<Config>,
-        ids: Arc<IdGenerator>,
-        store: Arc<dyn Store>,
-        topic: Arc<dyn DurableTopic>,
-        directory: Arc<Directory>,
-        acks: Arc<AckService>,
-        delivery: Arc<DeliveryHub>,
-        stored: Arc<Watermark>,
-    ) -> MessageService {
-        let send_limiter = RateLimiter::new(config.send_rate_per_sec, config.send_burst);
+    pub fn new(config: Arc<Config>, deps: MessageDeps) -> MessageService {
+        let MessageDeps {
+            ids,
+            store,
+            topic,
+            directory,
+            acks,
+            relay,
+            quotas,
+            sends,
+        } = deps;
         MessageService {
             config,
             ids,
@@ -101,9 +146,9 @@ impl MessageService {
             topic,
             directory,
             acks,
-            delivery,
-            send_limiter,
-            stored,
+            relay,
+            quotas,
+            sends,
         }
     }
 
@@ -128,7 +173,7 @@ impl MessageService {
                 self.config.max_content_bytes
             )));
         }
-        if !self.send_limiter.try_acquire(sender_id) {
+        if !self.quotas.take_send(sender_id).await? {
             return Err(AppError::RateLimited("too many messages, slow down".into()));
         }
         let (session_id, session_type, to_user_id, group_id) =
@@ -166,6 +211,7 @@ impl MessageService {
             client_ts
         };
         let record = SendRecord {
+            origin_node: self.relay.node(),
             origin_conn,
             message_id: self.ids.next_id(),
             session_id,
@@ -191,19 +237,31 @@ impl MessageService {
             serde_json::to_vec(&record).map_err(|e| AppError::Unavailable(e.to_string()))?;
         let receipt =
             serde_json::to_vec(&accepted).map_err(|e| AppError::Unavailable(e.to_string()))?;
-        let durable: Durable<PublishOnce> = self.topic.publish_once(key, payload, receipt).await?;
-        let stored = self.stored.clone();
+        let message_id = record.message_id;
+        // Expected before the publish: the consumer may store it first.
+        let stored = self.sends.expect(message_id);
+        let durable = self
+            .topic
+            .publish_once(session_id, key, payload, receipt)
+            .await;
+        let durable: Durable<PublishOnce> = match durable {
+            Ok(d) => d,
+            Err(e) => {
+                self.sends.forget(message_id);
+                return Err(e.into());
+            }
+        };
+        let sends = self.sends.clone();
         Ok(Box::pin(async move {
-            match durable.await? {
-                PublishOnce::Published(offset) => {
-                    metrics::counter!("herald_messages_sent_total").increment(1);
-                    // Durable already; waiting for the inbox write too gives
-                    // read-your-writes. Bounded: a slow consumer delays the
-                    // answer, it never loses it.
-                    if !stored.wait_for(offset, STORED_WAIT).await {
-                        tracing::warn!(offset, "answering a send before its inbox write");
-                    }
-                    Ok(send_ack(&accepted))
+            let published = durable.await;
+            if !matches!(published, Ok(PublishOnce::Published(_))) {
+                sends.forget(message_id);
+            }
+            match published? {
+                PublishOnce::Published(_) => {
+                    let answer = answer_stored(accepted, stored).await;
+                    sends.forget(message_id);
+                    answer
                 }
                 PublishOnce::Duplicate(original) => {
                     metrics::counter!("herald_duplicate_sends_total").increment(1);
@@ -241,6 +299,7 @@ impl MessageService {
         };
         let session = self.directory.session(doc.session_id).await?;
         let mut own = None;
+        let mut events = Vec::with_capacity(session.members.len());
         for &member in &session.members {
             let Some(entry) = self
                 .store
@@ -254,21 +313,17 @@ impl MessageService {
             if member == user_id {
                 own = Some(vo.clone());
             }
-            if self.delivery.is_online(member) {
-                vo.kind = "recall".into();
-                let body =
-                    serde_json::to_vec(&vo).map_err(|e| AppError::Unavailable(e.to_string()))?;
-                let event = Arc::new(UserEvent {
-                    message_id,
-                    inbox_seq: entry.inbox_seq,
-                    body: Bytes::from(body),
-                    pending: false,
-                    stored_at: Instant::now(),
-                    redelivery: false,
-                });
-                self.delivery.push_to_user(member, &event, None);
-            }
+            vo.kind = "recall".into();
+            let body =
+                serde_json::to_string(&vo).map_err(|e| AppError::Unavailable(e.to_string()))?;
+            events.push(RoutedEvent {
+                user_id: member,
+                message_id,
+                inbox_seq: entry.inbox_seq,
+                body,
+            });
         }
+        self.relay.push_events(events).await;
         own.ok_or_else(|| AppError::not_found(format!("message {message_id} not found")))
     }
 
@@ -501,9 +556,12 @@ impl MessageService {
                 stored_at: Instant::now(),
                 redelivery: true,
             });
+            // Redelivery is this node's: its tracker follows the pushes
+            // its own connections made.
+            let hub = self.relay.hub();
             let pushed = match conn {
-                Some(c) => usize::from(self.delivery.push_to_conn(user_id, c, &event)),
-                None => self.delivery.push_to_user(user_id, &event, None),
+                Some(c) => usize::from(hub.push_to_conn(user_id, c, &event)),
+                None => hub.push_to_user(user_id, &event, None),
             };
             if pushed > 0 {
                 metrics::counter!("herald_messages_redelivered_total").increment(1);

@@ -7,9 +7,13 @@ pub mod backend;
 pub mod connections;
 pub mod delivery;
 pub mod directory;
+pub mod mailbox;
 pub mod messages;
+pub mod notices;
 pub mod rate_limit;
+pub mod readiness;
 pub mod redelivery;
+pub mod relay;
 pub mod watermark;
 
 use std::sync::Arc;
@@ -23,7 +27,9 @@ pub use connections::LiveConnections;
 pub use delivery::DeliveryHub;
 pub use directory::Directory;
 pub use messages::MessageService;
+pub use readiness::Readiness;
 pub use redelivery::RedeliveryTracker;
+pub use relay::Relay;
 pub use watermark::Watermark;
 
 /// Every service of one node, shared by controllers and consumers.
@@ -35,9 +41,14 @@ pub struct Services {
     pub directory: Arc<Directory>,
     pub messages: Arc<MessageService>,
     pub acks: Arc<AckService>,
+    /// This node's devices.
     pub delivery: Arc<DeliveryHub>,
+    /// Pushes and notices to any node.
+    pub relay: Arc<Relay>,
+    /// Who is online, on every node.
+    pub presence: Arc<dyn backend::Presence>,
     pub redelivery: Arc<RedeliveryTracker>,
-    pub stored: Arc<Watermark>,
-    pub store: Arc<dyn backend::Store>,
+    pub backends: Arc<backend::Backends>,
+    pub readiness: Arc<Readiness>,
     pub connections: LiveConnections,
 }

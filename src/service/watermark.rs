@@ -1,9 +1,5 @@
-//! A monotonic offset others can wait on: how far a topic is committed
-//! (its head), stored (session consumer) or applied (ack consumer).
-//!
-//! Sends are answered once their record is durable *and* stored, and REST
-//! reads wait for acks queued before them, so a client reads back what it
-//! was told had happened.
+//! A monotonic counter others can wait on: how far something numbered in
+//! order got (the ack batches applied, a topic's durable head).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -63,17 +59,26 @@ impl Watermark {
 
     /// Waits until `offset` is reached; `false` if `timeout` passed first.
     pub async fn wait_for(&self, offset: u64, timeout: Duration) -> bool {
-        let rx = {
-            let mut waiters = self.waiters.lock();
-            // Checked under the lock: an advance that raced past this check
-            // drains the map after it, and so sees the entry added here.
-            if self.get() >= offset {
-                return true;
-            }
-            let (tx, rx) = oneshot::channel();
-            waiters.entry(offset).or_default().push(tx);
-            rx
-        };
+        Self::reached(self.wait(offset), timeout).await
+    }
+
+    /// What `reached` waits on for `offset` (`None`: reached already).
+    /// Taken without waiting, so a caller may hold a lock meanwhile.
+    pub fn wait(&self, offset: u64) -> Option<oneshot::Receiver<()>> {
+        let mut waiters = self.waiters.lock();
+        // Checked under the lock: an advance that raced past this check
+        // drains the map after it, and so sees the entry added here.
+        if self.get() >= offset {
+            return None;
+        }
+        let (tx, rx) = oneshot::channel();
+        waiters.entry(offset).or_default().push(tx);
+        Some(rx)
+    }
+
+    /// Waits for what `wait` gave; `false` if `timeout` passed first.
+    pub async fn reached(wait: Option<oneshot::Receiver<()>>, timeout: Duration) -> bool {
+        let Some(rx) = wait else { return true };
         // A waiter that timed out stays queued until an advance passes it.
         tokio::time::timeout(timeout, rx)
             .await

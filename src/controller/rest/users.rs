@@ -63,7 +63,8 @@ impl UserApi {
     ) -> ApiResult<Json<Vec<PresenceVo>>> {
         let (services, _) = self.ctx.authed(&auth)?;
         let ids = parse_id_list("userIds", &user_ids, MAX_PRESENCE_IDS)?;
-        Ok(Json(services.delivery.presence(&ids)))
+        let presence = services.presence.presence(&ids).await;
+        Ok(Json(presence.map_err(AppError::from)?))
     }
 }
 

@@ -31,7 +31,8 @@ use self::keys::{Durability, KeyEntry, Keys, Outcome};
 use self::tail::Tail;
 use crate::error::{BackendError, BackendResult};
 use crate::service::backend::{
-    Durable, DurableTopic, KeyHistory, PublishOnce, TopicConsumer, TopicRecord,
+    Checkpoint, Durable, DurableTopic, KeyHistory, Position, PublishOnce, TopicConsumer,
+    TopicRecord,
 };
 
 pub use self::segment::Record;
@@ -53,6 +54,27 @@ const GATHER_RECORDS: usize = 64;
 /// The consumers' committed offsets, in the topic's directory.
 const OFFSETS_FILE: &str = "offsets";
 
+/// The log is one partition.
+const PARTITION: u32 = 0;
+
+fn position(offset: u64) -> Position {
+    Position {
+        partition: PARTITION,
+        offset,
+    }
+}
+
+/// Where consumer groups save how far they applied the log, besides the
+/// log's own offsets: the documents store saves it with what it applied.
+#[async_trait]
+pub trait AppliedPositions: Send + Sync + 'static {
+    /// The offset `group` applied last, if it saved one: it resumes there.
+    async fn applied(&self, group: &str) -> BackendResult<Option<u64>>;
+    /// The highest offset `group` applied that survives a power loss: the
+    /// log may forget the records up to it.
+    fn durable(&self, group: &str) -> u64;
+}
+
 /// How a topic is opened.
 pub struct LogOptions {
     /// Each write is made durable with `fdatasync` before it is
@@ -62,6 +84,9 @@ pub struct LogOptions {
     /// Answers for the keys `publish_once` no longer holds (none: the topic
     /// keeps no keys).
     pub history: Option<Arc<dyn KeyHistory>>,
+    /// Where consumers resume and what they may commit (none: they
+    /// resume after their committed offset and commit what they polled).
+    pub positions: Option<Arc<dyn AppliedPositions>>,
     /// Test hook: writes that succeed before every later one fails.
     pub fail_after_writes: Option<u64>,
 }
@@ -70,6 +95,7 @@ pub struct LogOptions {
 pub struct LogTopic {
     shared: Arc<Shared>,
     history: Option<Arc<dyn KeyHistory>>,
+    positions: Option<Arc<dyn AppliedPositions>>,
     /// Told when the writer thread has finished (`close`).
     stopped: Mutex<Option<oneshot::Receiver<()>>>,
 }
@@ -143,7 +169,7 @@ impl LogTopic {
         let tail = Tail::new(
             head,
             opened.records.into_iter().map(|r| TopicRecord {
-                offset: r.offset,
+                position: position(r.offset),
                 payload: r.payload,
             }),
         );
@@ -186,8 +212,30 @@ impl LogTopic {
         Ok(LogTopic {
             shared,
             history: options.history,
+            positions: options.positions,
             stopped: Mutex::new(Some(stopped)),
         })
+    }
+
+    /// A consumer of `group`, resuming after `resume_after` or, if `None`,
+    /// after its committed offset.
+    pub fn open_consumer(&self, group: &str, resume_after: Option<u64>) -> LogConsumer {
+        let committed = *self
+            .shared
+            .state
+            .lock()
+            .groups
+            .entry(group.to_string())
+            .or_default();
+        LogConsumer {
+            shared: self.shared.clone(),
+            group: group.to_string(),
+            position: resume_after.unwrap_or(committed),
+            committed,
+            positions: self.positions.clone(),
+            head: self.shared.tail.head.subscribe(),
+            cursor: None,
+        }
     }
 
     /// Idempotency keys held in memory (also the gauge
@@ -249,7 +297,7 @@ impl Shared {
         let was_empty = st.gathered.is_empty();
         segment::encode(&mut st.gathered, offset, key, receipt, payload);
         st.gathered_records.push(TopicRecord {
-            offset,
+            position: position(offset),
             payload: payload.clone(),
         });
         if !key.is_empty() {
@@ -315,7 +363,7 @@ impl Shared {
         let (Some(first), Some(last)) = (records.first(), records.last()) else {
             return;
         };
-        let (first, last) = (first.offset, last.offset);
+        let (first, last) = (first.position.offset, last.position.offset);
         let started = Instant::now();
         match files.append(bytes) {
             Ok(()) => {
@@ -369,12 +417,12 @@ impl DurableTopic for LogTopic {
         &self.shared.name
     }
 
-    async fn publish(&self, payload: Vec<u8>) -> BackendResult<Durable<u64>> {
+    async fn publish(&self, _route: u64, payload: Vec<u8>) -> BackendResult<Durable<Position>> {
         let payload = Bytes::from(payload);
         match self.shared.append(None, &payload).await? {
             Appended::Fresh(offset, wait) => Ok(Box::pin(async move {
                 outcome(wait.await)?;
-                Ok(offset)
+                Ok(position(offset))
             })),
             Appended::Present(..) | Appended::Forgotten => Err(BackendError::Other(
                 "a record without a key found a key".into(),
@@ -384,6 +432,7 @@ impl DurableTopic for LogTopic {
 
     async fn publish_once(
         &self,
+        _route: u64,
         key: String,
         payload: Vec<u8>,
         receipt: Vec<u8>,
@@ -414,7 +463,7 @@ impl DurableTopic for LogTopic {
                 }
                 st.keys.generation()
             };
-            if let Some(original) = history.receipt(&key)? {
+            if let Some(original) = history.receipt(&key).await? {
                 return Ok(Box::pin(
                     async move { Ok(PublishOnce::Duplicate(original)) },
                 ));
@@ -428,7 +477,7 @@ impl DurableTopic for LogTopic {
                 Appended::Fresh(offset, wait) => {
                     return Ok(Box::pin(async move {
                         outcome(wait.await)?;
-                        Ok(PublishOnce::Published(offset))
+                        Ok(PublishOnce::Published(position(offset)))
                     }))
                 }
                 Appended::Present(original, wait) => {
@@ -439,25 +488,19 @@ impl DurableTopic for LogTopic {
         }
     }
 
-    async fn consumer(
-        &self,
-        group: &str,
-        resume_after: Option<u64>,
-    ) -> BackendResult<Box<dyn TopicConsumer>> {
-        let committed = *self
-            .shared
-            .state
-            .lock()
-            .groups
-            .entry(group.to_string())
-            .or_default();
-        Ok(Box::new(LogConsumer {
-            shared: self.shared.clone(),
-            group: group.to_string(),
-            position: resume_after.unwrap_or(committed),
-            head: self.shared.tail.head.subscribe(),
-            cursor: None,
-        }))
+    async fn consumer(&self, group: &'static str) -> BackendResult<Box<dyn TopicConsumer>> {
+        let resume = match &self.positions {
+            Some(p) => p.applied(group).await?,
+            None => None,
+        };
+        Ok(Box::new(self.open_consumer(group, resume)))
+    }
+
+    async fn ping(&self) -> BackendResult<()> {
+        if self.shared.state.lock().closing {
+            return Err(BackendError::Closed);
+        }
+        Ok(())
     }
 
     async fn close(&self) -> BackendResult<()> {
@@ -699,16 +742,33 @@ struct Cursor {
     offset: u64,
 }
 
-struct LogConsumer {
+pub struct LogConsumer {
     shared: Arc<Shared>,
     group: String,
     /// Last offset handed out by `poll`.
     position: u64,
+    /// Last offset committed.
+    committed: u64,
+    positions: Option<Arc<dyn AppliedPositions>>,
     head: watch::Receiver<u64>,
     cursor: Option<Cursor>,
 }
 
 impl LogConsumer {
+    /// Marks everything up to `offset` processed for good: records up to
+    /// it may be pruned.
+    pub fn commit_offset(&mut self, offset: u64) {
+        if offset > self.committed {
+            self.committed = offset;
+            self.shared.commit(&self.group, offset);
+        }
+    }
+
+    /// The offset of the last record polled (or resumed after).
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
     /// Up to `max` durable records after `position`, from memory if the
     /// tail still holds them, else from the segments.
     async fn read_after(&mut self, max: usize, head: u64) -> BackendResult<Vec<TopicRecord>> {
@@ -776,7 +836,7 @@ fn read_segments(
                 (at.byte, at.offset) = (end, r.offset);
                 if r.offset > position {
                     out.push(TopicRecord {
-                        offset: r.offset,
+                        position: self::position(r.offset),
                         payload: r.payload,
                     });
                 }
@@ -801,7 +861,7 @@ impl TopicConsumer for LogConsumer {
             if head > self.position {
                 let records = self.read_after(max.max(1), head).await?;
                 if let Some(last) = records.last() {
-                    self.position = last.offset;
+                    self.position = last.position.offset;
                     return Ok(records);
                 }
                 // Offsets up to head were pruned or cut off: move on.
@@ -813,8 +873,13 @@ impl TopicConsumer for LogConsumer {
         }
     }
 
-    async fn commit(&mut self, offset: u64) -> BackendResult<()> {
-        self.shared.commit(&self.group, offset);
+    /// Only what the documents hold durably may leave the log.
+    async fn commit(&mut self, at: Checkpoint) -> BackendResult<()> {
+        let through = match &self.positions {
+            Some(p) => p.durable(&self.group).min(at.last),
+            None => at.last,
+        };
+        self.commit_offset(through);
         Ok(())
     }
 
@@ -822,8 +887,8 @@ impl TopicConsumer for LogConsumer {
         self.head.borrow().saturating_sub(self.position)
     }
 
-    fn position(&self) -> u64 {
-        self.position
+    fn assigned(&self) -> bool {
+        true
     }
 }
 

@@ -43,7 +43,7 @@ impl Tail {
             if tail.len() >= TAIL_RECORDS {
                 tail.pop_front();
             }
-            last = Some(record.offset);
+            last = Some(record.position.offset);
             tail.push_back(record);
         }
         last
@@ -53,10 +53,10 @@ impl Tail {
     /// have left it (or none are there): the caller reads the log.
     pub fn after(&self, position: u64, max: usize) -> Option<Vec<TopicRecord>> {
         let tail = self.records.lock();
-        if tail.front()?.offset > position + 1 {
+        if tail.front()?.position.offset > position + 1 {
             return None;
         }
-        let start = tail.partition_point(|r| r.offset <= position);
+        let start = tail.partition_point(|r| r.position.offset <= position);
         let records: Vec<_> = tail.range(start..).take(max).cloned().collect();
         (!records.is_empty()).then_some(records)
     }
@@ -71,14 +71,17 @@ mod tests {
         offsets
             .into_iter()
             .map(|offset| TopicRecord {
-                offset,
+                position: crate::service::backend::Position {
+                    partition: 0,
+                    offset,
+                },
                 payload: Bytes::new(),
             })
             .collect()
     }
 
     fn offsets(r: Option<Vec<TopicRecord>>) -> Option<Vec<u64>> {
-        r.map(|r| r.iter().map(|r| r.offset).collect())
+        r.map(|r| r.iter().map(|r| r.position.offset).collect())
     }
 
     #[test]

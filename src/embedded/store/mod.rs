@@ -17,9 +17,10 @@ use super::{Database, DurablePositions, ReadPool, Writer};
 use crate::error::{BackendError, BackendResult};
 use crate::model::{
     AcceptedSend, AckCommand, AckOutcome, AckRecord, Group, InboxMessage, InboxRef, InboxStatus,
-    MessageDoc, SendRecord, SessionInfo, SessionSummary, SessionType, StoredMessage, User,
+    KnownSend, MessageDoc, SendRecord, SessionInfo, SessionSummary, SessionType, StoredBatch,
+    StoredMessage, User,
 };
-use crate::service::backend::{AppliedPosition, RecallOutcome, Store};
+use crate::service::backend::{Checkpoint, RecallOutcome, Store};
 
 use rows::{
     group_members, inbox_query, load_group, message_from_row, opt_id, sessions_of, user_from_row,
@@ -34,6 +35,11 @@ pub struct SqliteStore {
     readers: Arc<ReadPool>,
     durable: Arc<DurablePositions>,
     seqs: Arc<Mutex<SeqCache>>,
+    /// Pairs given a session id whose first message is not stored yet:
+    /// the only record of that id until then. A first message costs no
+    /// write and no wait for a commit; this process alone numbers the
+    /// pair's messages, so nobody else needs to know the id sooner.
+    fresh_pairs: Arc<Mutex<HashMap<(u64, u64), u64>>>,
 }
 
 impl SqliteStore {
@@ -43,13 +49,67 @@ impl SqliteStore {
             readers: db.readers.clone(),
             durable: db.durable.clone(),
             seqs: Arc::default(),
+            fresh_pairs: Arc::default(),
+        }
+    }
+
+    /// The position last saved for `consumer`, if any: where it resumes.
+    pub async fn applied_position(&self, consumer: &str) -> BackendResult<Option<u64>> {
+        let consumer = consumer.to_string();
+        self.readers
+            .read(move |c| {
+                Ok(
+                    c.prepare_cached("SELECT position FROM applied_positions WHERE consumer = ?")?
+                        .query_row([consumer], |r| r.get::<_, i64>(0))
+                        .optional()?
+                        .map(|v| v as u64),
+                )
+            })
+            .await
+    }
+
+    /// The highest position saved for `consumer` that survives a power
+    /// loss; its topic may forget the records up to it.
+    pub fn durable_position(&self, consumer: &str) -> u64 {
+        self.durable.get(consumer)
+    }
+
+    /// The session stored for the pair, if any. Not through the writer,
+    /// whose commits a new pair's first send would wait behind: every pair
+    /// stored and not committed yet is in the seq cache (and if the cache
+    /// started over, the writer commits first).
+    async fn find_single_session(&self, pair: (u64, u64)) -> BackendResult<Option<u64>> {
+        let lookup = valid_seqs(&self.seqs, &self.writer).pair_session(pair);
+        match lookup {
+            PairLookup::Found(id) => return Ok(Some(id)),
+            PairLookup::Committed => {}
+            PairLookup::Settle(epoch) => {
+                self.writer.settle().await?;
+                self.seqs.lock().settled(epoch);
+            }
+        }
+        let (lo, hi) = (pair.0 as i64, pair.1 as i64);
+        self.readers.read_here(|c| find_single_session(c, lo, hi))
+    }
+
+    #[cfg(test)]
+    pub(crate) fn fresh_pair_count(&self) -> usize {
+        self.fresh_pairs.lock().len()
+    }
+
+    /// The pairs whose first message is stored now leave `fresh_pairs`
+    /// (the seq cache, then the database, know them).
+    fn pairs_stored(&self, pairs: impl IntoIterator<Item = (u64, u64)>) {
+        let mut fresh = self.fresh_pairs.lock();
+        for pair in pairs {
+            fresh.remove(&pair);
         }
     }
 
     /// Runs the consumer's writes `f` and saves its position `applied` in
     /// the same job, so they commit (or fail) together. Answers before the
     /// commit (`Writer::apply`): the topic already holds them durably.
-    async fn write_applied<R, F>(&self, applied: AppliedPosition, f: F) -> BackendResult<R>
+    async fn write_applied<R, F>(&self, applied: Checkpoint, f: F) -> BackendResult<R>
     where
         R: Send + 'static,
         F: FnOnce(&Connection) -> BackendResult<R> + Send + 'static,
@@ -68,9 +128,10 @@ impl SqliteStore {
     async fn write_planned(
         &self,
         planned: Vec<(Planned, StoredMessage)>,
-        applied: AppliedPosition,
-    ) -> BackendResult<Vec<StoredMessage>> {
+        applied: Checkpoint,
+    ) -> BackendResult<StoredBatch> {
         let (writes, stored): (Vec<Planned>, Vec<StoredMessage>) = planned.into_iter().unzip();
+        let new_pairs: Vec<(u64, u64)> = writes.iter().filter_map(|p| p.new_session).collect();
         let queued = self
             .writer
             .apply_detached(move |c| {
@@ -83,7 +144,11 @@ impl SqliteStore {
             self.seqs.lock().forget();
             return Err(e);
         }
-        Ok(stored)
+        self.pairs_stored(new_pairs);
+        Ok(StoredBatch {
+            stored,
+            known: Vec::new(),
+        })
     }
 }
 
@@ -96,12 +161,13 @@ fn valid_seqs<'a>(seqs: &'a Mutex<SeqCache>, writer: &Writer) -> MutexGuard<'a, 
 }
 
 /// Saves a consumer's position in the transaction of what it applied.
-fn save_applied(c: &Connection, applied: AppliedPosition) -> BackendResult<()> {
+/// (The embedded log has one partition.)
+fn save_applied(c: &Connection, applied: Checkpoint) -> BackendResult<()> {
     c.prepare_cached(
         "INSERT INTO applied_positions(consumer, position) VALUES (?1, ?2)
          ON CONFLICT(consumer) DO UPDATE SET position = max(position, ?2)",
     )?
-    .execute(params![applied.consumer, applied.offset as i64])?;
+    .execute(params![applied.consumer, applied.last as i64])?;
     Ok(())
 }
 
@@ -215,22 +281,27 @@ impl Store for SqliteStore {
             .await
     }
 
-    /// Not through the writer, whose commits a new pair's first send would
-    /// wait behind: every pair stored and not committed yet is in the seq
-    /// cache (and if the cache started over, the writer commits first).
-    async fn find_single_session(&self, a: u64, b: u64) -> BackendResult<Option<u64>> {
+    async fn single_session(&self, a: u64, b: u64, candidate: u64) -> BackendResult<u64> {
         let pair = seqs::pair(a, b);
-        let lookup = valid_seqs(&self.seqs, &self.writer).pair_session(pair);
-        match lookup {
-            PairLookup::Found(id) => return Ok(Some(id)),
-            PairLookup::Committed => {}
-            PairLookup::Settle(epoch) => {
-                self.writer.settle().await?;
-                self.seqs.lock().settled(epoch);
-            }
+        if let Some(&id) = self.fresh_pairs.lock().get(&pair) {
+            return Ok(id);
         }
-        let (lo, hi) = (pair.0 as i64, pair.1 as i64);
-        self.readers.read_here(|c| find_single_session(c, lo, hi))
+        if let Some(id) = self.find_single_session(pair).await? {
+            return Ok(id);
+        }
+        // Under the lock: concurrent first sends of a pair agree on one
+        // id, and a first message stored meanwhile is in the seq cache.
+        let mut fresh = self.fresh_pairs.lock();
+        if let Some(&id) = fresh.get(&pair) {
+            return Ok(id);
+        }
+        let mut seqs = valid_seqs(&self.seqs, &self.writer);
+        if let PairLookup::Found(id) = seqs.pair_session(pair) {
+            return Ok(id);
+        }
+        fresh.insert(pair, candidate);
+        seqs.allocated(candidate, a, b);
+        Ok(candidate)
     }
 
     async fn session_info(&self, session_id: u64) -> BackendResult<Option<SessionInfo>> {
@@ -256,8 +327,8 @@ impl Store for SqliteStore {
     async fn store_messages(
         &self,
         records: Vec<SendRecord>,
-        applied: AppliedPosition,
-    ) -> BackendResult<Vec<StoredMessage>> {
+        applied: Checkpoint,
+    ) -> BackendResult<StoredBatch> {
         let planned = valid_seqs(&self.seqs, &self.writer).plan(records, applied);
         let records = match planned {
             Ok(planned) => {
@@ -270,46 +341,27 @@ impl Store for SqliteStore {
         metrics::counter!("herald_messages_numbered_total", "by" => "writer")
             .increment(records.len() as u64);
         let (seqs, writer) = (self.seqs.clone(), self.writer.clone());
-        self.write_applied(applied, move |c| {
-            let mut seqs = valid_seqs(&seqs, &writer);
-            let stored = store_batch(c, &mut seqs, records)?;
-            seqs.stored_through(applied);
-            Ok(stored)
-        })
-        .await
-    }
-
-    fn single_session_allocated(&self, session_id: u64, a: u64, b: u64) {
-        self.seqs.lock().allocated(session_id, a, b);
+        let written = self
+            .write_applied(applied, move |c| {
+                let mut seqs = valid_seqs(&seqs, &writer);
+                let written = store_batch(c, &mut seqs, records)?;
+                seqs.stored_through(applied);
+                Ok(written)
+            })
+            .await?;
+        self.pairs_stored(written.resolved_pairs);
+        Ok(written.batch)
     }
 
     async fn apply_acks(
         &self,
         acks: Vec<AckRecord>,
-        applied: AppliedPosition,
+        applied: Checkpoint,
     ) -> BackendResult<Vec<AckOutcome>> {
         self.write_applied(applied, move |c| {
             acks.iter().map(|a| apply_ack(c, a)).collect()
         })
         .await
-    }
-
-    async fn applied_position(&self, consumer: &str) -> BackendResult<Option<u64>> {
-        let consumer = consumer.to_string();
-        self.readers
-            .read(move |c| {
-                Ok(
-                    c.prepare_cached("SELECT position FROM applied_positions WHERE consumer = ?")?
-                        .query_row([consumer], |r| r.get::<_, i64>(0))
-                        .optional()?
-                        .map(|v| v as u64),
-                )
-            })
-            .await
-    }
-
-    fn durable_position(&self, consumer: &str) -> u64 {
-        self.durable.get(consumer)
     }
 
     async fn recall(
@@ -335,7 +387,9 @@ impl Store for SqliteStore {
             .await
     }
 
-    fn sent_message_now(
+    /// A point lookup on an index, answered on the calling thread: the
+    /// idempotency check of every send whose key left the topic asks it.
+    async fn sent_message(
         &self,
         sender_id: u64,
         client_message_id: &str,

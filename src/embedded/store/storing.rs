@@ -173,17 +173,30 @@ pub(super) fn insert_planned(c: &Connection, planned: &[Planned]) -> BackendResu
     last.write_back(c)
 }
 
+/// What `store_batch` did: the batch, and the pairs whose session it
+/// created (or found) for their first message.
+pub(super) struct Written {
+    pub batch: StoredBatch,
+    pub resolved_pairs: Vec<(u64, u64)>,
+}
+
 pub(super) fn store_batch(
     c: &Connection,
     seqs: &mut SeqCache,
     records: Vec<SendRecord>,
-) -> BackendResult<Vec<StoredMessage>> {
+) -> BackendResult<Written> {
     let mut counters = Counters {
         seqs,
         session_last: SessionLast::default(),
         members: HashMap::new(),
     };
-    let mut out = Vec::with_capacity(records.len());
+    let mut out = Written {
+        batch: StoredBatch {
+            stored: Vec::with_capacity(records.len()),
+            known: Vec::new(),
+        },
+        resolved_pairs: Vec::new(),
+    };
     for r in records {
         let exists = c
             .prepare_cached("SELECT 1 FROM messages WHERE message_id = ?")?
@@ -193,6 +206,15 @@ pub(super) fn store_batch(
         if exists {
             // Reprocessed after a crash: stored already, nothing to push
             // (devices reconnect and sync).
+            out.batch.known.push(KnownSend {
+                message_id: r.message_id,
+                accepted: AcceptedSend {
+                    client_message_id: r.client_message_id,
+                    message_id: r.message_id,
+                    session_id: r.session_id,
+                    server_ts: r.server_ts,
+                },
+            });
             continue;
         }
         let mut r = r;
@@ -204,6 +226,7 @@ pub(super) fn store_batch(
             let pair = seqs::pair(r.sender_id, r.to_user_id.unwrap_or(r.sender_id));
             r.session_id = ensure_single_session(c, &r, pair)?;
             counters.seqs.resolved(given, pair, r.session_id);
+            out.resolved_pairs.push(pair);
         }
         let recipients = counters.recipients(c, &r)?;
         let seq = counters.next_seq(c, r.session_id)?;
@@ -217,11 +240,10 @@ pub(super) fn store_batch(
             refs.push(seqs::inbox_entry(user_id, doc.sender_id, inbox_seq));
         }
         insert_inbox_entries(c, &doc, &refs)?;
-        out.push(StoredMessage {
+        out.batch.stored.push(StoredMessage {
             doc: Arc::new(doc),
             recipients: refs,
             accepted_at_ms,
-            session_resolved,
         });
     }
     counters.session_last.write_back(c)?;

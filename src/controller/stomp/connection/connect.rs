@@ -30,11 +30,20 @@ impl Connection {
         };
         let user_id =
             user.map_err(|e| Fatal::new(format!("authentication failed: {e}"), Some(frame)))?;
-        let registration = self
+        let max = self.services.config.max_connections_per_user;
+        let admitted = self
             .services
-            .delivery
-            .register(user_id)
-            .map_err(|e| Fatal::new(e.to_string(), Some(frame)))?;
+            .presence
+            .device_connected(user_id, max)
+            .await
+            .map_err(|e| Fatal::new(AppError::from(e).to_string(), Some(frame)))?;
+        if !admitted {
+            return Err(Fatal::new(
+                format!("at most {max} connections per user"),
+                Some(frame),
+            ));
+        }
+        let registration = self.services.delivery.register(user_id);
         let client = frame
             .header("heart-beat")
             .and_then(parse_heart_beat)

@@ -377,6 +377,13 @@ impl Connection {
                 }
             }
             self.services.delivery.unregister(s.user_id, s.conn_id);
+            let presence = self.services.presence.clone();
+            let user_id = s.user_id;
+            tokio::spawn(async move {
+                if let Err(e) = presence.device_disconnected(user_id).await {
+                    tracing::warn!(error = %e, user_id, "presence missed a disconnect");
+                }
+            });
             tracing::debug!(
                 user_id = s.user_id,
                 conn_id = s.conn_id,

@@ -117,11 +117,14 @@ impl Connection {
             })
             .cloned()
             .collect();
-        self.services.delivery.publish_topic(Broadcast {
-            destination: Arc::from(topic.destination.as_str()),
-            headers,
-            body: frame.body.clone(),
-        });
+        self.services
+            .relay
+            .broadcast(Broadcast {
+                destination: Arc::from(topic.destination.as_str()),
+                headers,
+                body: frame.body.clone(),
+            })
+            .await;
         self.receipt_for(frame);
         Ok(())
     }

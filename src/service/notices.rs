@@ -1,0 +1,61 @@
+//! What nodes tell each other (a node tells itself the same way): the
+//! answers a consumer owes the node a request came from, the pushes for
+//! the devices a node holds, and what every node must hear.
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{AcceptedSend, AckOutcome, InboxRef, MessageDoc};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Notice {
+    /// Sends the session consumer stored, by message id, for the node that
+    /// accepted them (it answers the senders).
+    Stored(Vec<u64>),
+    /// Sends the session consumer found stored before, for the node that
+    /// accepted them: (the send's message id, the stored send it is).
+    Known(Vec<(u64, AcceptedSend)>),
+    /// Ack records applied, for the node that published them.
+    AcksApplied(Vec<AckReply>),
+    /// Stored messages for some recipients' devices on this node.
+    Messages(Vec<RoutedMessage>),
+    /// Events (recalls) ready for users' devices on this node.
+    Events(Vec<RoutedEvent>),
+    /// A `/topic/...` broadcast, for the node's subscribers.
+    Broadcast(RoutedBroadcast),
+    /// The members of a session changed: forget what is cached of it.
+    SessionChanged(u64),
+}
+
+/// The outcomes of the ack records published with one reply token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AckReply {
+    pub token: u64,
+    /// (user, outcome) of each record with the token.
+    pub outcomes: Vec<(u64, AckOutcome)>,
+}
+
+/// A stored message and the recipients it is pushed to on one node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RoutedMessage {
+    pub doc: MessageDoc,
+    pub recipients: Vec<InboxRef>,
+    /// The sending connection (node, connection id): it gets the SendAck,
+    /// not the push.
+    pub origin: Option<(u16, u64)>,
+}
+
+/// One user's event, its body encoded already.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RoutedEvent {
+    pub user_id: u64,
+    pub message_id: u64,
+    pub inbox_seq: i64,
+    pub body: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RoutedBroadcast {
+    pub destination: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
