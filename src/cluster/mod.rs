@@ -1,7 +1,8 @@
 //! The cluster bundle: documents in MongoDB, the session and ack topics in
 //! RocketMQ, presence, push routing and cluster-wide limits in Redis.
 
-
+mod keyed;
+pub mod redis;
 
 use crate::config::Config;
 use crate::service::backend::Backends;
