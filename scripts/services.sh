@@ -6,6 +6,9 @@
 #   scripts/services.sh restart redis|mongodb|namesrv|broker|rocketmq
 #   eval "$(scripts/services.sh env)"
 #
+# Crash tests: kill -9 "$(cat "$DIR/run/broker.pid")" (pid files: $DIR/run/<name>.pid, listed by
+# `pids`), then `up` or `restart broker` brings it back on the same data.
+#
 # State (data, logs, pid files, generated configs) lives in $HERALD_SERVICES_DIR (default
 # /tmp/herald-services): `down` + `up` keeps the data; `rm -rf` it for a clean slate.
 # Installs are cached in $HERALD_SERVICES_CACHE (default /var/cache/herald-services), never in the repo.
@@ -53,8 +56,8 @@ install_secantus() {
   compgen -G "$CACHE/secantus/lib/python3*/site-packages/[Ss]ecantus[Dd][Bb]-$SECANTUS_VERSION.dist-info" >/dev/null && return
   log "installing SecantusDB $SECANTUS_VERSION into $CACHE/secantus"
   mkdir -p "$CACHE"
-  if ! python3 -m venv "$CACHE/secantus"; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+  if ! python3 -m venv "$CACHE/secantus"; then   # Debian splits venv/ensurepip out of python3
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
     python3 -m venv "$CACHE/secantus"
   fi
   "$CACHE/secantus/bin/pip" install -q "SecantusDB==$SECANTUS_VERSION" pymongo
@@ -201,7 +204,7 @@ EOF
 }
 
 start() { # name: start unless it already answers, then wait (bounded) until it does
-  local name=$1 timeout=${2:-60} i port t0=${EPOCHREALTIME//[.,]/}
+  local name=$1 timeout=${2:-60} port t0=${EPOCHREALTIME//[.,]/} deadline=$((SECONDS + ${2:-60}))
   mkdir -p "$DIR/run" "$DIR/log"
   if alive "$name" && "ready_$name"; then log "$name already running (pid $(pid_of "$name"))"; return; fi
   if ! alive "$name"; then
@@ -213,8 +216,8 @@ start() { # name: start unless it already answers, then wait (bounded) until it 
     done
     "start_$name"
   fi
-  for ((i = 0; i < timeout * 4; i++)); do
-    alive "$name" || break   # checked first: a stranger on our port must not pass as ours
+  while ((SECONDS < deadline)); do
+    alive "$name" || break   # it exited: no point waiting
     if "ready_$name"; then
       log "$name up (pid $(pid_of "$name"), $(((${EPOCHREALTIME//[.,]/} - t0) / 1000)) ms)"; return
     fi

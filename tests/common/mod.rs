@@ -31,6 +31,9 @@ pub const JWT_SECRET: &str = "herald-integration-test-secret-0123456789abcdef";
 pub const API: &str = "/api/v1";
 /// How long a server may take to answer `/healthz` after spawning.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a cluster node may take to be ready (its consumers get their
+/// queues at the broker's next rebalance).
+pub const CLUSTER_STARTUP_TIMEOUT: Duration = Duration::from_secs(90);
 /// Default wait for something that should arrive.
 pub const WAIT: Duration = Duration::from_secs(5);
 
@@ -151,9 +154,59 @@ pub struct TestServer {
     watchdog: Option<Child>,
 }
 
+/// The backend the tests run on: `HERALD_TEST_BACKEND=cluster` runs every
+/// server in cluster mode on the services of `scripts/services.sh` (which
+/// must be up), each in a cluster of its own unless a test puts several
+/// in one (`Cluster`).
+pub fn cluster_mode() -> bool {
+    match std::env::var("HERALD_TEST_BACKEND").as_deref() {
+        Ok("cluster") => true,
+        Ok("embedded") | Err(_) => false,
+        Ok(other) => panic!("HERALD_TEST_BACKEND={other}: expected embedded or cluster"),
+    }
+}
+
+/// The `HERALD_*` settings `scripts/services.sh env` prints.
+fn services_env() -> &'static Vec<(String, String)> {
+    static ENV: OnceLock<Vec<(String, String)>> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/services.sh");
+        let out = Proc::new("bash")
+            .arg(&script)
+            .arg("env")
+            .output()
+            .expect("run scripts/services.sh env");
+        assert!(
+            out.status.success(),
+            "scripts/services.sh env failed (run scripts/services.sh up first): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("export "))
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.trim_matches(['\'', '"']).to_string()))
+            .collect()
+    })
+}
+
+/// The settings of node `node` of the cluster `name`.
+pub fn cluster_env(name: &str, node: u16) -> Vec<(String, String)> {
+    let mut env = services_env().clone();
+    env.push(("HERALD_CLUSTER_NAME".into(), name.into()));
+    env.push(("HERALD_NODE_ID".into(), node.to_string()));
+    env
+}
+
+/// A cluster name no other test (or run) uses.
+pub fn new_cluster_name() -> String {
+    format!("it{:08x}", rand::random::<u32>())
+}
+
 impl TestServer {
     /// Starts a server with `HERALD_DURABILITY=normal` (fast) plus `env`
-    /// (which may override it) and waits until `/healthz` is 200.
+    /// (which may override it) and waits until `/healthz` is 200 (in
+    /// cluster mode, `/readyz`: its consumers hold their queues).
     pub fn start(env: &[(&str, &str)]) -> TestServer {
         let mut all: Vec<(String, String)> = vec![("HERALD_DURABILITY".into(), "normal".into())];
         all.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
@@ -162,7 +215,12 @@ impl TestServer {
 
     /// Starts a server with exactly `env` on top of the defaults (so the
     /// default durability, `full`, unless `env` says otherwise).
-    pub fn start_with(env: Vec<(String, String)>) -> TestServer {
+    pub fn start_with(mut env: Vec<(String, String)>) -> TestServer {
+        if cluster_mode() && !env.iter().any(|(k, _)| k == "HERALD_CLUSTER_NAME") {
+            let mut cluster = cluster_env(&new_cluster_name(), 1);
+            cluster.append(&mut env);
+            env = cluster;
+        }
         let dir = tempfile::Builder::new()
             .prefix("herald-it-")
             .tempdir()
@@ -293,8 +351,24 @@ impl TestServer {
         self.wait_healthy();
     }
 
+    /// What answers 200 once the server can be used: a cluster node also
+    /// waits for its consumers' queues (the broker assigns them at its
+    /// next rebalance).
+    fn ready_path(&self) -> &'static str {
+        if self.env.iter().any(|(k, v)| k == "HERALD_TOPIC" && v == "rocketmq") {
+            "/readyz"
+        } else {
+            "/healthz"
+        }
+    }
+
     fn wait_healthy(&mut self) {
-        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        let timeout = if self.ready_path() == "/readyz" {
+            CLUSTER_STARTUP_TIMEOUT
+        } else {
+            STARTUP_TIMEOUT
+        };
+        let deadline = Instant::now() + timeout;
         loop {
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
@@ -304,14 +378,15 @@ impl TestServer {
                     );
                 }
             }
-            if raw_http_status(self.port, "/healthz") == Some(200) {
+            if raw_http_status(self.port, self.ready_path()) == Some(200) {
                 return;
             }
             if Instant::now() > deadline {
                 let tail = self.log_tail(60);
                 self.kill_all();
                 panic!(
-                    "herald did not answer GET /healthz with 200 within {STARTUP_TIMEOUT:?}\n{tail}"
+                    "herald did not answer GET {} with 200 within {timeout:?}\n{tail}",
+                    self.ready_path()
                 );
             }
             std::thread::sleep(Duration::from_millis(50));
