@@ -2,6 +2,7 @@
 //! RocketMQ, presence, push routing and cluster-wide limits in Redis.
 
 mod keyed;
+pub mod mongo;
 pub mod redis;
 
 use crate::config::Config;
