@@ -72,9 +72,20 @@ pub(super) const IN_CHUNK: usize = 100;
 /// during an outage requests fail fast as `unavailable`.
 const SERVER_SELECTION_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Attempts of a transaction that keeps meeting conflicts (or an outage:
-/// each attempt then waits `SERVER_SELECTION_TIMEOUT`) before it fails.
+/// Attempts of a transaction that keeps meeting conflicts, and how long
+/// it is tried (during an outage each attempt waits
+/// `SERVER_SELECTION_TIMEOUT`) before the error is returned: the caller
+/// (a topic consumer) retries later.
 pub(super) const TXN_ATTEMPTS: u32 = 12;
+pub(super) const TXN_RETRY_FOR: Duration = Duration::from_secs(10);
+
+/// Whether a transaction that failed with `e` on attempt `attempt`, first
+/// tried at `started`, is tried again.
+pub(super) fn try_again(e: &DbError, attempt: u32, started: std::time::Instant) -> bool {
+    (e.is_transient() || e.is_duplicate_key())
+        && attempt < TXN_ATTEMPTS
+        && started.elapsed() < TXN_RETRY_FOR
+}
 
 /// Waits before attempt `attempt + 1` of a transaction: 5 ms doubling up
 /// to 200 ms, jittered so that two conflicting writers part.

@@ -66,6 +66,7 @@ impl MongoStore {
         }
         let named: Vec<u64> = distinct(records.iter().map(|r| r.session_id));
         let mut s = self.client.start_session().await?;
+        let started = std::time::Instant::now();
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -81,10 +82,11 @@ impl MongoStore {
                 }
                 Err(e) => e,
             };
-            // The numbers may be stale: read them again.
+            // The numbers may be stale: read them again. (A duplicate key
+            // is another node's seq, or a record another node stored
+            // meanwhile: found as known on the retry.)
             self.forget_seqs(&touched);
-            let retry = failed.is_transient() || failed.is_duplicate_key();
-            if !retry || attempt >= TXN_ATTEMPTS {
+            if !try_again(&failed, attempt, started) {
                 return Err(failed.into());
             }
             tracing::debug!(attempt, error = ?failed, "storing a batch again");

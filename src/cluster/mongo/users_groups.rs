@@ -69,6 +69,7 @@ impl MongoStore {
             .map(|(i, m)| MemberDoc::new(group.group_id, *m, group.created_at + i as i64))
             .collect();
         let mut s = self.client.start_session().await?;
+        let started = std::time::Instant::now();
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -98,7 +99,8 @@ impl MongoStore {
                     DbError::from(e)
                 }
             };
-            if !failed.is_transient() || attempt >= TXN_ATTEMPTS {
+            // (A duplicate key is not tried again: the group exists.)
+            if failed.is_duplicate_key() || !try_again(&failed, attempt, started) {
                 return Err(failed.into());
             }
             backoff(attempt).await;
