@@ -28,6 +28,12 @@ fn database() -> String {
     format!("herald_t{:08x}", rand::random::<u32>())
 }
 
+/// Drops a test's database (a failed test leaves its own behind).
+async fn drop_database(name: &str) {
+    let client = mongodb::Client::with_uri_str(uri()).await.unwrap();
+    client.database(name).drop().await.unwrap();
+}
+
 async fn open() -> (MongoStore, String) {
     let db = database();
     (MongoStore::open(&uri(), &db).await.unwrap(), db)
@@ -166,7 +172,7 @@ async fn whole_inbox(store: &dyn Store, user_id: u64) -> Vec<InboxMessage> {
 #[tokio::test]
 #[ignore = "needs scripts/services.sh up (MongoDB)"]
 async fn usernames_are_unique_in_any_case() {
-    let (store, _) = open().await;
+    let (store, db) = open().await;
     assert!(store.create_user(user(1, "Alice")).await.unwrap());
     assert!(!store.create_user(user(2, "aLICE")).await.unwrap());
     assert!(
@@ -186,8 +192,11 @@ async fn usernames_are_unique_in_any_case() {
         vec![3, 1, 3]
     );
     // Another database knows none of them.
-    let other = MongoStore::open(&uri(), &database()).await.unwrap();
+    let empty = database();
+    let other = MongoStore::open(&uri(), &empty).await.unwrap();
     assert!(other.user_by_id(1).await.unwrap().is_none());
+    drop_database(&empty).await;
+    drop_database(&db).await;
 }
 
 #[tokio::test]
@@ -223,6 +232,7 @@ async fn groups_keep_their_members_in_join_order() {
         other.group(10).await.unwrap().unwrap().member_ids,
         vec![3, 2, 4, 5]
     );
+    drop_database(&db).await;
 }
 
 #[tokio::test]
@@ -258,6 +268,7 @@ async fn every_node_gets_one_session_for_a_pair() {
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].peer_id, Some(8));
     assert_eq!(listed[0].name.as_deref(), Some("nick user8"));
+    drop_database(&db).await;
 }
 
 #[tokio::test]
@@ -399,6 +410,45 @@ async fn numbers_are_gap_free_and_storing_again_stores_nothing() {
         "message 21"
     );
     assert!(store.message(20).await.unwrap().is_none());
+    drop_database(&db).await;
+}
+
+#[tokio::test]
+#[ignore = "needs scripts/services.sh up (MongoDB)"]
+async fn a_record_joins_its_pairs_session_or_creates_it() {
+    let (store, db) = open().await;
+    users(&store, 1..=3).await;
+    let s12 = store.single_session(1, 2, 500).await.unwrap();
+    // Records whose session has no document: one under a second id for a
+    // pair that has a session, one for a pair that has none.
+    let stored = store
+        .store_messages(
+            vec![single(10, 777, 2, 1, 100), single(11, 888, 1, 3, 101)],
+            at(1),
+        )
+        .await
+        .unwrap();
+    let placed: Vec<(u64, i64)> = stored
+        .stored
+        .iter()
+        .map(|m| (m.doc.session_id, m.doc.seq))
+        .collect();
+    assert_eq!(placed, vec![(s12, 1), (888, 1)]);
+    assert_eq!(store.single_session(3, 1, 999).await.unwrap(), 888);
+    assert_eq!(
+        store.session_info(888).await.unwrap().unwrap().members,
+        vec![1, 3]
+    );
+    let again = store
+        .store_messages(vec![single(12, 777, 1, 2, 102)], at(2))
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.stored[0].doc.session_id, again.stored[0].doc.seq),
+        (s12, 2)
+    );
+    assert!(store.session_info(777).await.unwrap().is_none());
+    drop_database(&db).await;
 }
 
 #[tokio::test]
@@ -459,12 +509,13 @@ async fn two_nodes_storing_one_session_at_once_leave_no_gap() {
     let page = a.pull(3, 600, 40, 10).await.unwrap();
     let page: Vec<i64> = page.iter().map(|m| m.doc.seq).collect();
     assert_eq!(page, (41..=50).collect::<Vec<i64>>());
+    drop_database(&db).await;
 }
 
 #[tokio::test]
 #[ignore = "needs scripts/services.sh up (MongoDB)"]
 async fn acks_only_raise_the_callers_entries() {
-    let (store, _) = open().await;
+    let (store, db) = open().await;
     users(&store, 1..=3).await;
     let s12 = store.single_session(1, 2, 500).await.unwrap();
     let s32 = store.single_session(3, 2, 501).await.unwrap();
@@ -623,12 +674,13 @@ async fn acks_only_raise_the_callers_entries() {
     let (page, total) = store.unread(2, 10).await.unwrap();
     assert_eq!(total, 1);
     assert_eq!((page[0].doc.message_id, page[0].status), (13, Delivered));
+    drop_database(&db).await;
 }
 
 #[tokio::test]
 #[ignore = "needs scripts/services.sh up (MongoDB)"]
 async fn recall_follows_the_rules() {
-    let (store, _) = open().await;
+    let (store, db) = open().await;
     users(&store, 1..=2).await;
     let s = store.single_session(1, 2, 500).await.unwrap();
     store
@@ -665,12 +717,13 @@ async fn recall_follows_the_rules() {
         store.message(10).await.unwrap().unwrap().content,
         "message 10"
     );
+    drop_database(&db).await;
 }
 
 #[tokio::test]
 #[ignore = "needs scripts/services.sh up (MongoDB)"]
 async fn a_closed_store_refuses_calls() {
-    let (store, _) = open().await;
+    let (store, db) = open().await;
     store.ping().await.unwrap();
     store.close().await.unwrap();
     store.close().await.unwrap();
@@ -679,6 +732,7 @@ async fn a_closed_store_refuses_calls() {
         store.user_by_id(1).await,
         Err(BackendError::Closed)
     ));
+    drop_database(&db).await;
 }
 
 #[tokio::test]
@@ -714,7 +768,7 @@ async fn reads_match_the_embedded_store() {
     let dir = tempfile::tempdir().unwrap();
     let embedded = Embedded::open(dir.path(), true, 256).unwrap();
     let sqlite = SqliteStore::new(&embedded.documents);
-    let (mongo, _) = open().await;
+    let (mongo, db) = open().await;
     let stores: [&dyn Store; 2] = [&sqlite, &mongo];
     let mut results = Vec::new();
     for store in stores {
@@ -726,6 +780,23 @@ async fn reads_match_the_embedded_store() {
         assert_eq!(e.0, g.0);
         assert_eq!(e.1, g.1, "{} differs", e.0);
     }
+    // The scenario reaches the cases it is there for: a member back in
+    // the group lists an older message as its last, one who joined after
+    // the last message lists none.
+    let group_of = |u: u64| {
+        let mongo = &mongo;
+        async move {
+            let list = mongo.sessions(u).await.unwrap();
+            list.into_iter().find(|s| s.session_id == 900).unwrap()
+        }
+    };
+    let back = group_of(2).await.last_message.unwrap();
+    let last = mongo.pull(1, 900, 0, 1_000).await.unwrap();
+    assert!(back.doc.seq < last.last().unwrap().doc.seq);
+    assert!(group_of(5).await.last_message.is_none());
+    let late = mongo.pull(4, 900, 0, 4).await.unwrap();
+    assert!(late.first().unwrap().doc.seq > 12, "4 joined late");
+    drop_database(&db).await;
 }
 
 /// The scenario's reads, named, as JSON.
@@ -772,6 +843,15 @@ async fn scenario(store: &dyn Store) -> Vec<(String, serde_json::Value)> {
         });
     }
     store.store_messages(batch, at(2)).await.unwrap();
+    // 2 leaves and misses a message, then comes back, with 5 who joins
+    // after it: their newest entries are not the session's last message.
+    store.remove_group_member(9, 2).await.unwrap();
+    let (m, t) = next();
+    store
+        .store_messages(vec![grouped(m, 900, 9, 1, t)], at(3))
+        .await
+        .unwrap();
+    store.add_group_members(9, &[2, 5]).await.unwrap();
     let acks = vec![
         ack(
             1,
@@ -809,7 +889,7 @@ async fn scenario(store: &dyn Store) -> Vec<(String, serde_json::Value)> {
             },
         ),
     ];
-    let outcomes = store.apply_acks(acks, at(3)).await.unwrap();
+    let outcomes = store.apply_acks(acks, at(4)).await.unwrap();
 
     let mut out: Vec<(String, serde_json::Value)> = Vec::new();
     let mut put = |name: String, v: serde_json::Value| out.push((name, v));
@@ -839,7 +919,7 @@ async fn scenario(store: &dyn Store) -> Vec<(String, serde_json::Value)> {
             serde_json::json!(views(&store.sync(u, 0, 1_000).await.unwrap())),
         );
         for (sid, name) in [(s12, "s12"), (s13, "s13"), (s45, "s45"), (900, "group")] {
-            for (after, limit) in [(0, 4), (3, 100), (10, 3), (40, 5)] {
+            for (after, limit) in [(0, 4), (0, 1), (3, 100), (10, 3), (40, 5)] {
                 let page = store.pull(u, sid, after, limit).await.unwrap();
                 put(
                     format!("pull {u} {name} {after} {limit}"),
@@ -892,7 +972,7 @@ async fn scenario(store: &dyn Store) -> Vec<(String, serde_json::Value)> {
 #[tokio::test]
 #[ignore = "needs scripts/services.sh up (MongoDB)"]
 async fn big_batches_are_stored_whole() {
-    let (store, _) = open().await;
+    let (store, db) = open().await;
     let started = Instant::now();
     let all: Vec<User> = (1..=1_050).map(|u| user(u, &format!("user{u}"))).collect();
     for u in all {
@@ -980,4 +1060,5 @@ async fn big_batches_are_stored_whole() {
     eprintln!("a session list: {:?}", started.elapsed());
     assert_eq!(list.len(), 1);
     assert_eq!(list[0].unread_count, 98);
+    drop_database(&db).await;
 }
