@@ -512,6 +512,50 @@ async fn two_nodes_storing_one_session_at_once_leave_no_gap() {
     drop_database(&db).await;
 }
 
+/// Two nodes storing two groups with the same members: every batch moves
+/// the same users' counters, so the transactions conflict all the time;
+/// each node gets its turn, and every inbox stays gap-free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs scripts/services.sh up (MongoDB)"]
+async fn two_nodes_storing_for_the_same_users_take_turns() {
+    let (a, db) = open().await;
+    let b = MongoStore::open(&uri(), &db).await.unwrap();
+    users(&a, 1..=10).await;
+    let members: Vec<u64> = (1..=10).collect();
+    a.create_group(group(9, 900, 1, &members)).await.unwrap();
+    a.create_group(group(10, 1_000, 1, &members)).await.unwrap();
+    let node = |store: MongoStore, group_id: u64, session_id: u64| {
+        tokio::spawn(async move {
+            for batch in 0..4u64 {
+                let records: Vec<SendRecord> = (0..20u64)
+                    .map(|i| {
+                        let id = session_id * 1_000 + batch * 100 + i;
+                        grouped(id, session_id, group_id, 1 + i % 10, id as i64)
+                    })
+                    .collect();
+                let stored = store.store_messages(records, at(batch + 1)).await.unwrap();
+                assert_eq!(stored.stored.len(), 20);
+            }
+        })
+    };
+    let (x, y) = tokio::join!(node(a.clone(), 9, 900), node(b.clone(), 10, 1_000));
+    x.unwrap();
+    y.unwrap();
+    for u in [1, 5, 10] {
+        let inbox = whole_inbox(&a, u).await;
+        assert_eq!(inbox.len(), 160);
+        for session in [900, 1_000] {
+            let seqs: Vec<i64> = inbox
+                .iter()
+                .filter(|m| m.doc.session_id == session)
+                .map(|m| m.doc.seq)
+                .collect();
+            assert_eq!(seqs, (1..=80).collect::<Vec<i64>>());
+        }
+    }
+    drop_database(&db).await;
+}
+
 #[tokio::test]
 #[ignore = "needs scripts/services.sh up (MongoDB)"]
 async fn acks_only_raise_the_callers_entries() {

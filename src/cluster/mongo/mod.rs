@@ -72,11 +72,13 @@ pub(super) const IN_CHUNK: usize = 100;
 /// during an outage requests fail fast as `unavailable`.
 const SERVER_SELECTION_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Attempts of a transaction that keeps meeting conflicts, and how long
-/// it is tried (during an outage each attempt waits
-/// `SERVER_SELECTION_TIMEOUT`) before the error is returned: the caller
-/// (a topic consumer) retries later.
-pub(super) const TXN_ATTEMPTS: u32 = 12;
+/// How long a transaction that keeps meeting conflicts is tried, and at
+/// most how often, before the error is returned (the caller, a topic
+/// consumer, retries later). A conflicting writer fails at once while the
+/// winner may hold its documents for a few seconds on SecantusDB (a
+/// 500-message batch), so the time decides, not the count; during an
+/// outage each attempt waits `SERVER_SELECTION_TIMEOUT`.
+pub(super) const TXN_ATTEMPTS: u32 = 64;
 pub(super) const TXN_RETRY_FOR: Duration = Duration::from_secs(10);
 
 /// Whether a transaction that failed with `e` on attempt `attempt`, first

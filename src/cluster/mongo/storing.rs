@@ -5,32 +5,30 @@
 //! How the numbers stay gap-free and unique, with any number of nodes:
 //!
 //! - `seq`: a session's messages are numbered from its document's
-//!   `lastSeq`, and the same transaction inserts them and moves `lastSeq`
-//!   to the last one. Two writers numbering one session from the same
-//!   `lastSeq` cannot both commit: the second to write the session
-//!   document (or a `(sessionId, seq)` key of the unique index) meets a
-//!   write conflict or a duplicate key, its whole transaction is rolled
-//!   back, and it numbers again from the new `lastSeq`. Nothing is visible
-//!   before the commit, so a failure leaves no gap. The last seq of each
-//!   session this node stored is cached, saving the read of `lastSeq`;
-//!   it is set only after a commit, so it is never ahead of the database,
-//!   and if another node stored into the session since, the cached value
-//!   is behind: the first number given from it already exists, the unique
-//!   index refuses it, the batch's sessions leave the cache (as on any
-//!   failure) and the retry reads `lastSeq`.
-//! - `inboxSeq`: each user's document holds the last number given out.
-//!   The transaction takes a block per user (`$inc` by the number of
-//!   entries the user gets in the batch, then a read of the new value) and
-//!   inserts the entries with those numbers; concurrent increments of one
-//!   user conflict and one transaction retries, and a rollback (or a crash)
+//!   `lastSeq`, and one transaction inserts them and moves `lastSeq` to the
+//!   last one. Nothing is visible before the commit, so a failure leaves no
+//!   gap. `lastSeq` is read before the transaction (or taken from this
+//!   node's cache of what it stored, set only after a commit, so never
+//!   ahead of the database): if another node stored into the session
+//!   since, the value is behind, the first number given from it exists
+//!   already, the unique `(sessionId, seq)` index refuses it, and the batch
+//!   is numbered again from a fresh read (its sessions leave the cache on
+//!   any failure). Two writers numbering one session at once both write its
+//!   document: one meets a write conflict and tries again.
+//! - `inboxSeq`: each user's document holds the last number given out. The
+//!   transaction takes a block per user (`$inc` by the number of entries
+//!   the user gets in the batch, then a read of the new values) and inserts
+//!   the entries with those numbers; concurrent increments of one user
+//!   conflict and one transaction tries again, and a rollback (or a crash)
 //!   undoes the increment with the entries.
 //!
 //! Round trips per batch, whatever its size (each `$in` list is sent in
-//! chunks of `IN_CHUNK`): two finds for stored sends (by message id, by
-//! send key), one of the sessions not cached, one of the members of the
-//! batch's groups, one `update` command moving every user's counter, one
-//! find of the counters, one insert of the messages, one of the entries,
-//! one `update` command for every session's last message, and the commit.
+//! chunks of `IN_CHUNK`). Before the transaction, at the same time: two
+//! finds of stored sends (by message id, by send key), one of the sessions
+//! not cached, one of the members of the batch's groups. In it: one
+//! `update` command moving every user's counter, one find of the counters,
+//! one insert of the messages, one of the entries, one `update` command
+//! for every session's last message, and the commit.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -59,40 +57,97 @@ struct Numbered {
     last: HashMap<u64, (i64, u64, i64)>,
 }
 
+/// What a batch needs read before its transaction: which records to
+/// store, where each session's seqs go on from, and the groups' members.
+/// Read outside the transaction, so that the transaction's first write
+/// is its first operation (see `store_batch`); a read that is stale by the
+/// time of the write fails it on a unique index, and it is read again.
+struct Prepared {
+    fates: Vec<Fate>,
+    /// Sessions a record names under another id than its pair's.
+    remap: HashMap<u64, u64>,
+    /// Per session: the last seq before this batch.
+    last_seq: HashMap<u64, i64>,
+    members: HashMap<u64, Vec<u64>>,
+    /// Every session the batch numbers (to forget if it fails).
+    touched: Vec<u64>,
+}
+
 impl MongoStore {
+    /// Stores a batch, trying again while it conflicts with another
+    /// node's. A conflicting transactional write fails at once while the
+    /// winner holds the document until it commits (seconds, for a big
+    /// batch on SecantusDB), and a writer that starts its next batch right
+    /// after its commit would win every time against one that waits long:
+    /// so the transaction writes the users' counters (the documents
+    /// batches of different sessions share) as its very first operation,
+    /// with everything it reads prepared before, and a loser tries again
+    /// after a few milliseconds, to be first once the winner commits.
     pub(super) async fn store_batch(&self, records: Vec<SendRecord>) -> BackendResult<StoredBatch> {
         if records.is_empty() {
             return Ok(StoredBatch::default());
         }
-        let named: Vec<u64> = distinct(records.iter().map(|r| r.session_id));
         let mut s = self.client.start_session().await?;
         let started = std::time::Instant::now();
         let mut attempt = 0;
+        let mut prepared: Option<Prepared> = None;
         loop {
             attempt += 1;
-            let cached = self.cached_seqs(&named);
-            let mut touched = named.clone();
-            let failed = match self
-                .store_attempt(&mut s, &records, cached, &mut touched)
-                .await
-            {
+            let ready = match prepared.take() {
+                Some(p) => p,
+                None => self.prepare(&records).await?,
+            };
+            let failed = match self.store_attempt(&mut s, &records, &ready).await {
                 Ok(numbered) => {
                     self.remember_seqs(&numbered.last);
                     return Ok(numbered.batch);
                 }
                 Err(e) => e,
             };
-            // The numbers may be stale: read them again. (A duplicate key
-            // is another node's seq, or a record another node stored
-            // meanwhile: found as known on the retry.)
-            self.forget_seqs(&touched);
+            // The numbers may be stale: read them again.
+            self.forget_seqs(&ready.touched);
             if !try_again(&failed, attempt, started) {
                 return Err(failed.into());
             }
-            tracing::debug!(attempt, error = ?failed, "storing a batch again");
             metrics::counter!("herald_mongo_store_retries_total").increment(1);
-            backoff(attempt).await;
+            if failed.is_duplicate_key() {
+                // Another node's seq, or a record another node stored
+                // meanwhile (found as known when prepared again).
+                tracing::debug!(attempt, error = ?failed, "storing a batch again");
+                backoff(0).await;
+            } else {
+                // A write conflict: what was read still holds (if the
+                // session moved on, the next attempt meets its seq).
+                prepared = Some(ready);
+                let ms = 1.0 + 19.0 * rand::random::<f64>();
+                tokio::time::sleep(Duration::from_secs_f64(ms / 1000.0)).await;
+            }
         }
+    }
+
+    async fn prepare(&self, records: &[SendRecord]) -> BackendResult<Prepared> {
+        let fates = self.sort_out(records).await?;
+        let to_store: Vec<&SendRecord> = records
+            .iter()
+            .zip(&fates)
+            .filter(|(_, f)| matches!(f, Fate::Store))
+            .map(|(r, _)| r)
+            .collect();
+        let named = distinct(to_store.iter().map(|r| r.session_id));
+        let mut last_seq = self.cached_seqs(&named);
+        let mut touched = named;
+        let (remap, members) = futures_util::future::try_join(
+            self.session_seqs(&to_store, &mut last_seq, &mut touched),
+            async { Ok(self.members_of(&to_store).await?) },
+        )
+        .await?;
+        Ok(Prepared {
+            fates,
+            remap,
+            last_seq,
+            members,
+            touched,
+        })
     }
 
     /// One transaction: number and write the batch, commit.
@@ -100,14 +155,13 @@ impl MongoStore {
         &self,
         s: &mut ClientSession,
         records: &[SendRecord],
-        cached: HashMap<u64, i64>,
-        touched: &mut Vec<u64>,
+        prepared: &Prepared,
     ) -> Result<Numbered, DbError> {
         s.start_transaction()
             .read_concern(ReadConcern::snapshot())
             .write_concern(majority())
             .await?;
-        let written = self.write_batch(s, records, cached, touched).await;
+        let written = self.write_batch(s, records, prepared).await;
         match written {
             Ok(numbered) => {
                 commit(s).await?;
@@ -125,36 +179,35 @@ impl MongoStore {
         &self,
         s: &mut ClientSession,
         records: &[SendRecord],
-        mut last_seq: HashMap<u64, i64>,
-        touched: &mut Vec<u64>,
+        prepared: &Prepared,
     ) -> Result<Numbered, DbError> {
-        let fates = self.sort_out(s, records).await?;
-        let to_store: Vec<&SendRecord> = records
-            .iter()
-            .zip(&fates)
-            .filter(|(_, f)| matches!(f, Fate::Store))
-            .map(|(r, _)| r)
-            .collect();
-        let remap = self
-            .session_seqs(s, &to_store, &mut last_seq, touched)
-            .await?;
-        let members = self.members_of(s, &to_store).await?;
-
+        let Prepared {
+            fates,
+            remap,
+            last_seq,
+            members,
+            ..
+        } = prepared;
+        let mut last_seq = last_seq.clone();
         // Seqs, and who gets an entry, in record order.
-        let mut plans: Vec<(MessageDoc, Vec<u64>)> = Vec::with_capacity(to_store.len());
+        let mut plans: Vec<(MessageDoc, Vec<u64>)> = Vec::new();
         let mut per_user: HashMap<u64, i64> = HashMap::new();
-        for r in &to_store {
+        for (r, fate) in records.iter().zip(fates) {
+            if !matches!(fate, Fate::Store) {
+                continue;
+            }
             let session_id = remap.get(&r.session_id).copied().unwrap_or(r.session_id);
             let last = last_seq.entry(session_id).or_insert(0);
             *last += 1;
-            let mut record = (*r).clone();
+            let mut record = r.clone();
             record.session_id = session_id;
-            let recipients = recipients(&record, &members);
+            let recipients = recipients(&record, members);
             for u in &recipients {
                 *per_user.entry(*u).or_default() += 1;
             }
             plans.push((MessageDoc::from_record(record, *last), recipients));
         }
+        // The transaction's first operation.
         let mut next_inbox = self.take_inbox_seqs(s, &per_user).await?;
 
         let mut numbered = Numbered {
@@ -226,9 +279,9 @@ impl MongoStore {
         for (r, fate) in records.iter().zip(fates) {
             let accepted = match fate {
                 Fate::Store => continue,
-                Fate::Known(accepted) => accepted,
+                Fate::Known(accepted) => accepted.clone(),
                 Fate::SameAs(first) => {
-                    let Some(m) = stored_by_id.get(&records[first].message_id) else {
+                    let Some(m) = stored_by_id.get(&records[*first].message_id) else {
                         continue;
                     };
                     AcceptedSend {
@@ -250,29 +303,32 @@ impl MongoStore {
     /// Which records were stored before (by message id, or as another
     /// message with their send key) or repeat an earlier record of the
     /// batch.
-    async fn sort_out(
-        &self,
-        s: &mut ClientSession,
-        records: &[SendRecord],
-    ) -> Result<Vec<Fate>, DbError> {
+    async fn sort_out(&self, records: &[SendRecord]) -> Result<Vec<Fate>, MError> {
         let sends = self.db.collection::<SendRow>(MESSAGES);
         let keys: Vec<String> = records
             .iter()
             .map(|r| AcceptedSend::key(r.sender_id, &r.client_message_id))
             .collect();
         let message_ids = ids(distinct(records.iter().map(|r| r.message_id)));
-        let by_id =
-            find_in_session(&sends, "_id", message_ids, Some(SendRow::projection()), s).await?;
         let key_values = distinct(keys.iter().cloned())
             .into_iter()
             .map(Bson::String)
             .collect();
-        let by_key = find_in_session(
-            &sends,
-            "sendKey",
-            key_values,
-            Some(SendRow::projection()),
-            s,
+        let (by_id, by_key) = futures_util::future::try_join(
+            find_in(
+                &sends,
+                Document::new(),
+                "_id",
+                message_ids,
+                Some(SendRow::projection()),
+            ),
+            find_in(
+                &sends,
+                Document::new(),
+                "sendKey",
+                key_values,
+                Some(SendRow::projection()),
+            ),
         )
         .await?;
         let by_id: HashMap<u64, AcceptedSend> =
@@ -304,16 +360,15 @@ impl MongoStore {
         Ok(fates)
     }
 
-    /// Fills `last_seq` for every session of `records` not in it (read in
-    /// the transaction), and returns the sessions a record names under
-    /// another id than its pair's.
+    /// Fills `last_seq` for every session of `records` not in it, and
+    /// returns the sessions a record names under another id than its
+    /// pair's.
     async fn session_seqs(
         &self,
-        s: &mut ClientSession,
         records: &[&SendRecord],
         last_seq: &mut HashMap<u64, i64>,
         touched: &mut Vec<u64>,
-    ) -> Result<HashMap<u64, u64>, DbError> {
+    ) -> BackendResult<HashMap<u64, u64>> {
         let missing = distinct(
             records
                 .iter()
@@ -324,19 +379,20 @@ impl MongoStore {
         if missing.is_empty() {
             return Ok(remap);
         }
-        let found = find_in_session(
+        let found = find_in(
             &self.sessions_coll(),
+            Document::new(),
             "_id",
             ids(missing.iter().copied()),
-            None,
-            s,
+            Some(doc! {"lastSeq": 1, "type": 1}),
         )
         .await?;
         for session in found {
             last_seq.insert(session.id, session.last_seq);
         }
         // Sessions with no document: not made by `single_session` or
-        // `create_group` (a record from before them). Rare; one at a time.
+        // `create_group` (a record from before them). Rare; one at a time,
+        // made as those make them.
         for sid in missing {
             if last_seq.contains_key(&sid) {
                 continue;
@@ -344,55 +400,61 @@ impl MongoStore {
             let Some(r) = records.iter().find(|r| r.session_id == sid) else {
                 continue;
             };
-            let (found, doc) = match (r.session_type, r.to_user_id) {
+            let session = match (r.session_type, r.to_user_id) {
                 (SessionType::Single, to) => {
                     let to = to.unwrap_or(r.sender_id);
                     let pair = (r.sender_id.min(to), r.sender_id.max(to));
-                    let existing = self
-                        .sessions_coll()
-                        .find_one(doc! {"userLo": id(pair.0), "userHi": id(pair.1), "type": SINGLE})
-                        .session(&mut *s)
-                        .await?;
-                    (existing, SessionDoc::single(sid, pair, r.server_ts))
+                    let mine = SessionDoc::single(sid, pair, r.server_ts);
+                    let filter = doc! {"userLo": id(pair.0), "userHi": id(pair.1), "type": SINGLE};
+                    self.create_session(mine, filter).await?
                 }
                 (SessionType::Group, _) => {
-                    let mut doc = SessionDoc::group(sid, 0, r.server_ts);
-                    doc.group_id = r.group_id;
-                    (None, doc)
+                    let mut mine = SessionDoc::group(sid, 0, r.server_ts);
+                    mine.group_id = r.group_id;
+                    self.create_session(mine, doc! {"_id": id(sid)}).await?
                 }
             };
-            match found {
-                Some(existing) => {
-                    // The pair has its session under another id: its
-                    // messages join that one, so the pair keeps one
-                    // conversation (as the embedded store does).
-                    tracing::warn!(
-                        given = sid,
-                        stored = existing.id,
-                        "a second session id for one pair; storing under the first"
-                    );
-                    touched.push(existing.id);
-                    last_seq.entry(existing.id).or_insert(existing.last_seq);
-                    remap.insert(sid, existing.id);
-                }
-                None => {
-                    self.sessions_coll()
-                        .insert_one(doc)
-                        .session(&mut *s)
-                        .await?;
-                    last_seq.insert(sid, 0);
-                }
+            if session.id != sid {
+                // The pair has its session under another id: its messages
+                // join that one, so the pair keeps one conversation (as
+                // the embedded store does).
+                tracing::warn!(
+                    given = sid,
+                    stored = session.id,
+                    "a second session id for one pair; storing under the first"
+                );
+                touched.push(session.id);
+                remap.insert(sid, session.id);
             }
+            last_seq.entry(session.id).or_insert(session.last_seq);
         }
         Ok(remap)
     }
 
-    /// The members of the groups of `records`, each group's in join order.
-    async fn members_of(
+    /// The session `filter` finds, or `mine`, inserted if there is none.
+    async fn create_session(
         &self,
-        s: &mut ClientSession,
-        records: &[&SendRecord],
-    ) -> Result<HashMap<u64, Vec<u64>>, DbError> {
+        mine: SessionDoc,
+        filter: Document,
+    ) -> BackendResult<SessionDoc> {
+        let sessions = self.sessions_coll();
+        if let Some(found) = sessions.find_one(filter.clone()).await? {
+            return Ok(found);
+        }
+        match sessions.insert_one(&mine).await {
+            Ok(_) => Ok(mine),
+            Err(e) if is_duplicate_key(&e) => sessions.find_one(filter).await?.ok_or_else(|| {
+                BackendError::Other(format!(
+                    "session id {} is taken by another session",
+                    mine.id
+                ))
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The members of the groups of `records`, each group's in join order.
+    async fn members_of(&self, records: &[&SendRecord]) -> Result<HashMap<u64, Vec<u64>>, MError> {
         let groups = distinct(records.iter().filter_map(|r| match r.session_type {
             SessionType::Group => r.group_id,
             SessionType::Single => None,
@@ -400,7 +462,14 @@ impl MongoStore {
         if groups.is_empty() {
             return Ok(HashMap::new());
         }
-        let found = find_in_session(&self.members(), "groupId", ids(groups), None, s).await?;
+        let found = find_in(
+            &self.members(),
+            Document::new(),
+            "groupId",
+            ids(groups),
+            None,
+        )
+        .await?;
         let mut by_group: HashMap<u64, Vec<MemberDoc>> = HashMap::new();
         for m in found {
             by_group.entry(m.group_id).or_default().push(m);
