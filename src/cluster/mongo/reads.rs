@@ -1,13 +1,13 @@
 //! Reading inboxes: a session's entries after or before a seq, the unread
 //! entries, an inbox after an `inboxSeq`, and the session list.
 //!
-//! Entries are read by bounded windows of numbers, never by "sort, then
-//! limit" over an open range (SecantusDB fetches every match before it
-//! sorts). A user's `inboxSeq`s have no gaps, so a sync is one window; a
+//! Entries are read by bounded windows of numbers rather than by "sort,
+//! then limit" over an open range (SecantusDB fetches every match before
+//! it sorts). A user's `inboxSeq`s have no gaps, so a sync is one window; a
 //! session's seqs have none either, but a user may lack some of them (a
-//! member who joined later), so pull and history widen their window until
-//! they have enough or reach the session's end. The messages of the
-//! entries are then fetched by id, in one `$in`.
+//! member who joined later), so pull and history widen their window, and
+//! after `SPARSE_WINDOWS` short ones ask the index for the rest. The
+//! messages of the entries are then fetched by id, in one `$in`.
 
 use std::collections::HashMap;
 use std::future::IntoFuture;
