@@ -113,6 +113,8 @@ settings! {
     rocketmq_namesrv: String = "127.0.0.1:9876".into();
     /// Queues of each RocketMQ topic when Herald creates it (the parallelism of its consumers).
     rocketmq_queues: u32 = 8;
+    /// The RocketMQ broker cluster Herald creates its topics on.
+    rocketmq_broker_cluster: String = "DefaultCluster".into();
     /// Where presence, push routing and cluster-wide limits live: `embedded` (memory) or `redis` (cluster mode).
     presence: String = "embedded".into();
     /// Redis connection URL.

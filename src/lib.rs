@@ -5,6 +5,10 @@
 //! (implemented by `embedded` and `cluster`); `consumer` drives services
 //! from topics.
 
+// The RocketMQ client's futures are deeply nested: spawning one needs more
+// than the default recursion limit to prove it `Send`.
+#![recursion_limit = "256"]
+
 pub mod app;
 pub mod cluster;
 pub mod config;

@@ -59,7 +59,17 @@ fn main() -> ExitCode {
     }
 }
 
+/// The RocketMQ client's periodic rebalance, in ms: a member that died
+/// without leaving its group is noticed only then (the client's default,
+/// 20 s, held a killed node's queues that long). Read from the environment
+/// only, once, when the client starts.
+const ROCKETMQ_REBALANCE: (&str, &str) = ("rocketmq.client.rebalance.waitInterval", "2000");
+
 fn serve(listen: Option<String>, data_dir: Option<PathBuf>, config: Option<PathBuf>) -> ExitCode {
+    // Before any thread exists: setting the environment is safe only then.
+    if std::env::var_os(ROCKETMQ_REBALANCE.0).is_none() {
+        std::env::set_var(ROCKETMQ_REBALANCE.0, ROCKETMQ_REBALANCE.1);
+    }
     herald::telemetry::init_logging();
     let flags = FlagOverrides { listen, data_dir };
     let cfg = match Config::load(config.as_deref(), &flags) {

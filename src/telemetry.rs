@@ -14,7 +14,10 @@ const SIZE_BUCKETS: &[f64] = &[1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0];
 pub fn init_logging() {
     let filter = std::env::var("HERALD_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| "info".into());
+        // The RocketMQ client logs every route refresh and rebalance at INFO.
+        .unwrap_or_else(|_| {
+            "info,rocketmq_client_rust=warn,rocketmq_transport=warn,rocketmq_runtime=warn".into()
+        });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)

@@ -203,7 +203,9 @@ pub struct TopicRecord {
 #[async_trait]
 pub trait TopicConsumer: Send {
     /// The next records (at most `max`, all of one partition, ascending),
-    /// waiting until there is one.
+    /// waiting until there is one; a consumer whose state (`lag`,
+    /// `assigned`) changes without records may return none after a while,
+    /// so that its loop reports it.
     async fn poll(&mut self, max: usize) -> BackendResult<Vec<TopicRecord>>;
     /// Marks the records through `at` processed: they need not be
     /// delivered again (the topic decides when they are deleted).

@@ -190,9 +190,20 @@ fn services_env() -> &'static Vec<(String, String)> {
     })
 }
 
-/// The settings of node `node` of the cluster `name`.
+/// The settings of node `node` of the cluster `name`, which has its own
+/// database (ids are unique within a cluster only).
 pub fn cluster_env(name: &str, node: u16) -> Vec<(String, String)> {
     let mut env = services_env().clone();
+    for (k, v) in &mut env {
+        if k == "HERALD_MONGODB_URI" {
+            let host_end = v.find("://").map(|i| i + 3).unwrap_or(0);
+            if let Some(path) = v[host_end..].find('/') {
+                v.truncate(host_end + path);
+            }
+            v.push('/');
+            v.push_str(name);
+        }
+    }
     env.push(("HERALD_CLUSTER_NAME".into(), name.into()));
     env.push(("HERALD_NODE_ID".into(), node.to_string()));
     env
@@ -355,7 +366,11 @@ impl TestServer {
     /// waits for its consumers' queues (the broker assigns them at its
     /// next rebalance).
     fn ready_path(&self) -> &'static str {
-        if self.env.iter().any(|(k, v)| k == "HERALD_TOPIC" && v == "rocketmq") {
+        if self
+            .env
+            .iter()
+            .any(|(k, v)| k == "HERALD_TOPIC" && v == "rocketmq")
+        {
             "/readyz"
         } else {
             "/healthz"

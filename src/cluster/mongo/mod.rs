@@ -30,6 +30,7 @@
 mod acks;
 mod documents;
 mod reads;
+mod settings;
 mod storing;
 mod users_groups;
 
