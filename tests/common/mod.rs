@@ -701,6 +701,21 @@ impl Api {
         v
     }
 
+    /// POST /messages, or `None` if no answer came (the server died).
+    pub async fn try_send(&self, from: &TestUser, req: &Value) -> Option<(u16, Value)> {
+        let resp = self
+            .http
+            .post(format!("{}{API}/messages", self.base))
+            .bearer_auth(&from.token)
+            .json(req)
+            .send()
+            .await
+            .ok()?;
+        let status = resp.status().as_u16();
+        let body = resp.json().await.unwrap_or(Value::Null);
+        Some((status, body))
+    }
+
     /// POST /messages; returns the raw answer.
     pub async fn send(&self, from: &TestUser, req: &Value) -> Resp {
         self.post(&format!("{API}/messages"), Some(&from.token), req)

@@ -42,8 +42,9 @@ pub struct RedisPresence {
     conn: ConnectionManager,
     /// This process's lease token on the node id.
     token: String,
-    /// The live nodes as the last heartbeat saw them.
-    live: Arc<RwLock<Vec<u16>>>,
+    /// The nodes that stopped beating, as the last heartbeat saw them
+    /// (a node not seen yet counts as alive: it just started).
+    dead: Arc<RwLock<Vec<u16>>>,
     mail: Arc<OnceLock<Arc<dyn NodeMail>>>,
     stop: watch::Sender<bool>,
 }
@@ -81,7 +82,7 @@ impl RedisPresence {
             names,
             conn,
             token,
-            live: Arc::new(RwLock::new(first.live)),
+            dead: Arc::new(RwLock::new(first.dead)),
             mail: Arc::new(OnceLock::new()),
             stop,
         };
@@ -96,22 +97,22 @@ impl RedisPresence {
         Ok(presence)
     }
 
-    fn live(&self) -> Vec<u16> {
-        self.live.read().clone()
+    fn dead(&self) -> Vec<u16> {
+        self.dead.read().clone()
     }
 
-    /// The heartbeat task: beats, refreshes the live nodes, sweeps dead
+    /// The heartbeat task: beats, refreshes the dead nodes, sweeps dead
     /// ones.
     fn beating(
         &self,
         mut stopped: watch::Receiver<bool>,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let (mut conn, names, node, token, live) = (
+        let (mut conn, names, node, token, dead) = (
             self.conn.clone(),
             self.names.clone(),
             self.node,
             self.token.clone(),
-            self.live.clone(),
+            self.dead.clone(),
         );
         async move {
             loop {
@@ -126,10 +127,10 @@ impl RedisPresence {
                         continue;
                     }
                 };
-                *live.write() = beat.live.clone();
-                for dead in beat.dead {
-                    if let Err(e) = sweep(&mut conn, &names, dead, false, &beat.live).await {
-                        tracing::warn!(error = %e, dead, "sweeping a dead node failed");
+                *dead.write() = beat.dead.clone();
+                for &gone in &beat.dead {
+                    if let Err(e) = sweep(&mut conn, &names, gone, false, &beat.dead).await {
+                        tracing::warn!(error = %e, gone, "sweeping a dead node failed");
                     }
                 }
             }
@@ -146,7 +147,6 @@ impl RedisPresence {
 }
 
 struct HeartbeatResult {
-    live: Vec<u16>,
     dead: Vec<u16>,
 }
 
@@ -176,13 +176,12 @@ async fn heartbeat(
         _ => {}
     }
     let since = now - NODE_TTL.as_millis() as i64;
-    let (live, dead) = nodes
+    let dead = nodes
         .into_iter()
-        .partition::<Vec<_>, _>(|(_, beat)| *beat as i64 >= since);
-    Ok(HeartbeatResult {
-        live: live.into_iter().map(|(n, _)| n).collect(),
-        dead: dead.into_iter().map(|(n, _)| n).collect(),
-    })
+        .filter(|(_, beat)| (*beat as i64) < since)
+        .map(|(n, _)| n)
+        .collect();
+    Ok(HeartbeatResult { dead })
 }
 
 /// Sweeps a node's devices away (`force`: even if it beats; a restarted
@@ -192,7 +191,7 @@ async fn sweep(
     names: &Names,
     node: u16,
     force: bool,
-    live: &[u16],
+    dead: &[u16],
 ) -> BackendResult<()> {
     loop {
         let mut call = SWEEP.key(names.users(node));
@@ -201,7 +200,9 @@ async fn sweep(
             .arg(names.prefix())
             .arg(NODE_TTL.as_millis() as u64)
             .arg(u8::from(force));
-        for n in live {
+        // The node swept is dead to the others' devices either way.
+        call.arg(node);
+        for n in dead {
             call.arg(*n);
         }
         let done: i64 = call.invoke_async(conn).await.map_err(redis_error)?;
@@ -275,7 +276,7 @@ impl Presence for RedisPresence {
             .arg(self.node)
             .arg(max_devices)
             .arg(user_id);
-        for n in self.live() {
+        for n in self.dead() {
             call.arg(n);
         }
         let counted: i64 = call.invoke_async(&mut conn).await.map_err(redis_error)?;
@@ -289,7 +290,7 @@ impl Presence for RedisPresence {
             .key(self.names.seen(user_id))
             .arg(self.node)
             .arg(user_id);
-        for n in self.live() {
+        for n in self.dead() {
             call.arg(n);
         }
         let _: i64 = call.invoke_async(&mut conn).await.map_err(redis_error)?;
@@ -302,13 +303,13 @@ impl Presence for RedisPresence {
             pipe.hgetall(self.names.devices(u)).get(self.names.seen(u));
         }
         let answers: Vec<(HashMap<u16, i64>, Option<i64>)> = pipe_pairs(self, &pipe).await?;
-        let live = self.live();
+        let dead = self.dead();
         Ok(user_ids
             .iter()
             .zip(answers)
             .map(|(id, (devices, seen))| PresenceVo {
                 user_id: id.to_string(),
-                online: devices.iter().any(|(n, c)| *c > 0 && live.contains(n)),
+                online: devices.iter().any(|(n, c)| *c > 0 && !dead.contains(n)),
                 last_seen_at: seen,
             })
             .collect())
@@ -320,10 +321,10 @@ impl Presence for RedisPresence {
             pipe.hkeys(self.names.devices(u));
         }
         let nodes_of: Vec<Vec<u16>> = self.pipeline_query(&pipe).await?;
-        let live = self.live();
+        let dead = self.dead();
         let mut by_node: HashMap<u16, Vec<u64>> = HashMap::new();
         for (&user, nodes) in user_ids.iter().zip(nodes_of) {
-            for n in nodes.into_iter().filter(|n| live.contains(n)) {
+            for n in nodes.into_iter().filter(|n| !dead.contains(n)) {
                 by_node.entry(n).or_default().push(user);
             }
         }
@@ -387,7 +388,7 @@ impl Presence for RedisPresence {
     async fn close(&self) -> BackendResult<()> {
         let _ = self.stop.send(true);
         let mut conn = self.conn.clone();
-        sweep(&mut conn, &self.names, self.node, true, &self.live()).await?;
+        sweep(&mut conn, &self.names, self.node, true, &self.dead()).await?;
         let _: i64 = redis::cmd("ZREM")
             .arg(self.names.nodes())
             .arg(self.node)

@@ -10,10 +10,11 @@ const NOW: &str = "local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 ";
 
-/// Whether `f` is among ARGV[from..] (Lua prelude).
-const LISTED: &str = "local function listed(f, from)
-  for i = from, #ARGV do if ARGV[i] == f then return true end end
-  return false
+/// Whether node `f` counts: it is not among the dead nodes ARGV[from..]
+/// (Lua prelude). A node not heard of yet counts: it just started.
+const ALIVE: &str = "local function alive(f, from)
+  for i = from, #ARGV do if ARGV[i] == f then return false end end
+  return true
 end
 ";
 
@@ -45,15 +46,15 @@ return {lease, now, redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')}",
 });
 
 /// Counts a device of a user on a node, unless the user has `max` on the
-/// live nodes already. KEYS: devices:<user>, users:<node>.
-/// ARGV: node, max, user, live nodes... Returns 1 if counted, else 0.
+/// nodes alive already. KEYS: devices:<user>, users:<node>.
+/// ARGV: node, max, user, dead nodes... Returns 1 if counted, else 0.
 pub static CONNECT: LazyLock<Script> = LazyLock::new(|| {
     script(&[
-        LISTED,
+        ALIVE,
         "local counts = redis.call('HGETALL', KEYS[1])
 local total = 0
 for i = 1, #counts, 2 do
-  if counts[i] == ARGV[1] or listed(counts[i], 4) then total = total + tonumber(counts[i + 1]) end
+  if alive(counts[i], 4) then total = total + tonumber(counts[i + 1]) end
 end
 if total >= tonumber(ARGV[2]) then return 0 end
 redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
@@ -62,19 +63,19 @@ return 1",
     ])
 });
 
-/// Uncounts a device; the user's last device on the live nodes leaving
+/// Uncounts a device; the user's last device on the nodes alive leaving
 /// sets `seen`. KEYS: devices:<user>, users:<node>, seen:<user>.
-/// ARGV: node, user, live nodes...
+/// ARGV: node, user, dead nodes...
 pub static DISCONNECT: LazyLock<Script> = LazyLock::new(|| {
     script(&[
         NOW,
-        LISTED,
+        ALIVE,
         "local n = redis.call('HINCRBY', KEYS[1], ARGV[1], -1)
 if n > 0 then return n end
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('SREM', KEYS[2], ARGV[2])
 for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
-  if listed(f, 3) then return 0 end
+  if alive(f, 3) then return 0 end
 end
 redis.call('SET', KEYS[3], now)
 return 0",
@@ -82,15 +83,15 @@ return 0",
 });
 
 /// Forgets (a batch of) the devices of a node that stopped beating, and
-/// the node once none is left; users left with no live device get the
+/// the node once none is left; users left with no device alive get the
 /// node's last heartbeat as `seen`. Unless `force`, a node that beat
 /// again meanwhile is left alone. KEYS: users:<node>, nodes.
-/// ARGV: node, key prefix, ttl ms, force (0/1), live nodes...
+/// ARGV: node, key prefix, ttl ms, force (0/1), dead nodes (this one too)...
 /// Returns 1 when the node is gone, 0 if more is left, -1 if it is alive.
 pub static SWEEP: LazyLock<Script> = LazyLock::new(|| {
     script(&[
         NOW,
-        LISTED,
+        ALIVE,
         "local beat = tonumber(redis.call('ZSCORE', KEYS[2], ARGV[1]) or '0')
 if ARGV[4] == '0' and beat >= now - tonumber(ARGV[3]) then return -1 end
 for _, u in ipairs(redis.call('SPOP', KEYS[1], 500)) do
@@ -98,7 +99,7 @@ for _, u in ipairs(redis.call('SPOP', KEYS[1], 500)) do
   redis.call('HDEL', devices, ARGV[1])
   local online = false
   for _, f in ipairs(redis.call('HKEYS', devices)) do
-    if listed(f, 5) then online = true end
+    if alive(f, 5) then online = true end
   end
   if not online and beat > 0 then
     local seen = ARGV[2] .. 'seen:' .. u
