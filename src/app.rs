@@ -109,7 +109,11 @@ fn wire(cfg: Arc<Config>, backends: Arc<Backends>) -> anyhow::Result<Services> {
         Duration::from_millis(cfg.max_redelivery_wait_ms),
         cfg.max_redeliveries,
     ));
-    let acks = AckService::start(node, backends.ack_topic.clone(), redelivery.clone());
+    let acks = AckService::start(
+        backends.ack_topic.clone(),
+        redelivery.clone(),
+        relay.clone(),
+    );
     let sends = Arc::new(SendWaiters::default());
     let messages = Arc::new(MessageService::new(
         cfg.clone(),
@@ -126,6 +130,7 @@ fn wire(cfg: Arc<Config>, backends: Arc<Backends>) -> anyhow::Result<Services> {
     ));
     let mailbox = Arc::new(Mailbox {
         node,
+        relay: relay.clone(),
         sends,
         acks: acks.clone(),
         directory: directory.clone(),
@@ -212,7 +217,7 @@ async fn start_consumers(
         tokio::spawn(ack_cycle::run_redelivery(
             s.redelivery.clone(),
             s.messages.clone(),
-            s.delivery.clone(),
+            s.relay.clone(),
             shutdown.subscribe(),
         )),
     ];

@@ -17,7 +17,7 @@ use crate::service::backend::{Checkpoint, Store};
 use crate::service::notices::{AckReply, Notice};
 use crate::service::redelivery::Verdict;
 use crate::service::relay::Relay;
-use crate::service::{DeliveryHub, MessageService, RedeliveryTracker};
+use crate::service::{MessageService, RedeliveryTracker};
 
 /// Applies ack records to the inboxes, and replies to the nodes that
 /// published them (their callers wait, their trackers stop redelivering).
@@ -60,11 +60,12 @@ impl BatchHandler for AckConsumer {
     }
 }
 
-/// The redelivery clock.
+/// The redelivery clock of the pushes this node's connections made: due
+/// ones go again to the user's devices on every node.
 pub async fn run_redelivery(
     tracker: Arc<RedeliveryTracker>,
     messages: Arc<MessageService>,
-    hub: Arc<DeliveryHub>,
+    relay: Arc<Relay>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -78,9 +79,13 @@ pub async fn run_redelivery(
             _ = shutdown.changed() => break,
         }
         let due = tracker.take_due(Instant::now(), 4096);
+        let mut users: Vec<u64> = due.iter().map(|d| d.user_id).collect();
+        users.sort_unstable();
+        users.dedup();
+        let online = relay.online(&users).await;
         let mut by_user: HashMap<u64, Vec<u64>> = HashMap::new();
         for d in due {
-            if !hub.is_online(d.user_id) {
+            if online.binary_search(&d.user_id).is_err() {
                 // Nobody to push to: it stays pending for pull and sync.
                 continue;
             }

@@ -11,8 +11,9 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::backend::DurableTopic;
-use super::notices::AckReply;
+use super::notices::{AckReply, Notice};
 use super::redelivery::RedeliveryTracker;
+use super::relay::Relay;
 use super::watermark::Watermark;
 use crate::error::{AppError, AppResult};
 use crate::model::{parse_id, AckCommand, AckEnvelope, AckOutcome, AckRecord, InboxStatus};
@@ -29,6 +30,8 @@ const BATCH_WINDOW: Duration = Duration::from_millis(2);
 pub struct AckService {
     node: u16,
     topic: Arc<dyn DurableTopic>,
+    /// To the nodes holding a reader's other devices (see `settle_for`).
+    relay: Arc<Relay>,
     /// Told which of this node's client-ack pushes were acked.
     tracker: Arc<RedeliveryTracker>,
     /// What each reply token is for.
@@ -49,6 +52,8 @@ enum Waiting {
     Call(oneshot::Sender<AckOutcome>),
     /// A batch of `ack_soon`, by number.
     Batch(u64),
+    /// Another node applying what it queued (`settle_for`).
+    Settle(oneshot::Sender<()>),
 }
 
 /// Which batches were applied: every one up to `through`, and some after.
@@ -109,14 +114,15 @@ pub fn parse_message_ids(raw: &[String]) -> AppResult<Vec<u64>> {
 impl AckService {
     /// Starts the service and its batching task.
     pub fn start(
-        node: u16,
         topic: Arc<dyn DurableTopic>,
         tracker: Arc<RedeliveryTracker>,
+        relay: Arc<Relay>,
     ) -> Arc<AckService> {
         let (soon, rx) = mpsc::channel(64 * 1024);
         let svc = Arc::new(AckService {
-            node,
+            node: relay.node(),
             topic,
+            relay,
             tracker,
             pending: Mutex::new(HashMap::new()),
             next_token: AtomicU64::new(1),
@@ -196,6 +202,38 @@ impl AckService {
         }
     }
 
+    /// Like `settle`, and also on the other nodes holding devices of
+    /// `user_id`: a read sees the acks of all the user's devices, whatever
+    /// node each is connected to.
+    pub async fn settle_for(&self, user_id: u64) {
+        let others = self.relay.other_nodes_of(user_id).await;
+        let mut answers = Vec::with_capacity(others.len());
+        for node in others {
+            let (tx, rx) = oneshot::channel();
+            let token = self.token(Waiting::Settle(tx));
+            let ask = Notice::Settle {
+                token,
+                reply_to: self.node,
+            };
+            self.relay.tell(node, ask).await;
+            answers.push((token, rx));
+        }
+        self.settle().await;
+        for (token, rx) in answers {
+            if tokio::time::timeout(SETTLE_TIMEOUT, rx).await.is_err() {
+                self.pending.lock().remove(&token);
+                tracing::warn!("another node did not settle its acks in time; reading anyway");
+            }
+        }
+    }
+
+    /// Another node applied the acks it had queued (`settle_for`).
+    pub fn settled_elsewhere(&self, token: u64) {
+        if let Some(Waiting::Settle(tx)) = self.pending.lock().remove(&token) {
+            let _ = tx.send(());
+        }
+    }
+
     /// The ack-cycle consumer (here or on another node) applied the
     /// records published with `reply.token`.
     pub fn replied(&self, reply: AckReply) {
@@ -209,7 +247,7 @@ impl AckService {
                 let _ = tx.send(outcome.unwrap_or_default());
             }
             Some(Waiting::Batch(batch)) => self.batches.lock().done(batch),
-            None => {}
+            Some(Waiting::Settle(_)) | None => {}
         }
     }
 }

@@ -14,7 +14,7 @@ use super::backend::NodeMail;
 use super::delivery::{Broadcast, DeliveryHub};
 use super::directory::Directory;
 use super::notices::Notice;
-use super::relay::{push_events, push_message};
+use super::relay::{push_events, push_message, Relay};
 use crate::model::AcceptedSend;
 
 /// Sends waiting for the session consumer to store them, by message id.
@@ -66,6 +66,7 @@ impl SendWaiters {
 pub struct Mailbox {
     /// This node's id.
     pub node: u16,
+    pub relay: Arc<Relay>,
     pub sends: Arc<SendWaiters>,
     pub acks: Arc<AckService>,
     pub directory: Arc<Directory>,
@@ -98,7 +99,9 @@ impl NodeMail for Mailbox {
                     push_message(&self.hub, &m.doc, &m.recipients, except, now);
                 }
             }
-            Notice::Events(events) => push_events(&self.hub, events),
+            Notice::Events(events) => {
+                push_events(&self.hub, events);
+            }
             Notice::Broadcast(b) => {
                 self.hub.publish_topic(Broadcast {
                     destination: Arc::from(b.destination.as_str()),
@@ -107,6 +110,14 @@ impl NodeMail for Mailbox {
                 });
             }
             Notice::SessionChanged(session_id) => self.directory.forget_session(session_id),
+            Notice::Settle { token, reply_to } => {
+                let (acks, relay) = (self.acks.clone(), self.relay.clone());
+                tokio::spawn(async move {
+                    acks.settle().await;
+                    relay.tell(reply_to, Notice::Settled(token)).await;
+                });
+            }
+            Notice::Settled(token) => self.acks.settled_elsewhere(token),
         }
     }
 }

@@ -321,6 +321,8 @@ impl MessageService {
                 message_id,
                 inbox_seq: entry.inbox_seq,
                 body,
+                pending: false,
+                redelivery: false,
             });
         }
         self.relay.push_events(events).await;
@@ -341,7 +343,7 @@ impl MessageService {
         let size = check_limit("size", size, 200)?;
         let session_id = parse_id("sessionId", session_id)?;
         self.directory.member_session(user_id, session_id).await?;
-        self.acks.settle().await;
+        self.acks.settle_for(user_id).await;
         let after_seq = match last_message_id.filter(|s| !s.is_empty()) {
             None => 0,
             Some(raw) => {
@@ -406,7 +408,7 @@ impl MessageService {
     }
 
     pub async fn unread(&self, user_id: u64, limit: usize) -> AppResult<UnreadResp> {
-        self.acks.settle().await;
+        self.acks.settle_for(user_id).await;
         let limit = check_limit("limit", limit, 500)?;
         let (page, total) = self.store.unread(user_id, limit).await?;
         Ok(UnreadResp {
@@ -421,7 +423,7 @@ impl MessageService {
         after_inbox_seq: i64,
         limit: usize,
     ) -> AppResult<SyncResp> {
-        self.acks.settle().await;
+        self.acks.settle_for(user_id).await;
         let limit = check_limit("limit", limit, 500)?;
         if after_inbox_seq < 0 {
             return Err(AppError::invalid("afterInboxSeq must not be negative"));
@@ -447,7 +449,7 @@ impl MessageService {
         let limit = check_limit("limit", limit, 200)?;
         let session_id = parse_id("sessionId", session_id)?;
         self.directory.member_session(user_id, session_id).await?;
-        self.acks.settle().await;
+        self.acks.settle_for(user_id).await;
         let mut page = self
             .store
             .history(user_id, session_id, before_seq, limit + 1)
@@ -463,7 +465,7 @@ impl MessageService {
     }
 
     pub async fn sessions(&self, user_id: u64) -> AppResult<Vec<SessionVo>> {
-        self.acks.settle().await;
+        self.acks.settle_for(user_id).await;
         let list = self.store.sessions(user_id).await?;
         Ok(list
             .iter()
@@ -541,32 +543,45 @@ impl MessageService {
             .copied()
             .filter(|id| !entries.iter().any(|e| e.doc.message_id == *id))
             .collect();
+        let mut events = Vec::with_capacity(entries.len());
         for entry in entries {
             if entry.status != InboxStatus::Pending {
                 settled.push(entry.doc.message_id);
                 continue;
             }
-            let body = serde_json::to_vec(&MessageVo::from(&entry))
+            let body = serde_json::to_string(&MessageVo::from(&entry))
                 .map_err(|e| AppError::Unavailable(e.to_string()))?;
-            let event = Arc::new(UserEvent {
+            events.push(RoutedEvent {
+                user_id,
                 message_id: entry.doc.message_id,
                 inbox_seq: entry.inbox_seq,
-                body: Bytes::from(body),
+                body,
                 pending: true,
-                stored_at: Instant::now(),
                 redelivery: true,
             });
-            // Redelivery is this node's: its tracker follows the pushes
-            // its own connections made.
-            let hub = self.relay.hub();
-            let pushed = match conn {
-                Some(c) => usize::from(hub.push_to_conn(user_id, c, &event)),
-                None => hub.push_to_user(user_id, &event, None),
-            };
-            if pushed > 0 {
-                metrics::counter!("herald_messages_redelivered_total").increment(1);
-            }
         }
+        let redelivered = events.len() as u64;
+        match conn {
+            // A NACK: to the connection that asked (on this node).
+            Some(c) => {
+                let hub = self.relay.hub();
+                for e in events {
+                    let event = Arc::new(UserEvent {
+                        message_id: e.message_id,
+                        inbox_seq: e.inbox_seq,
+                        body: Bytes::from(e.body),
+                        pending: true,
+                        stored_at: Instant::now(),
+                        redelivery: true,
+                    });
+                    hub.push_to_conn(user_id, c, &event);
+                }
+            }
+            // To the user's devices on every node; this node's clock
+            // keeps following them (the others do not track redeliveries).
+            None => self.relay.push_events(events).await,
+        }
+        metrics::counter!("herald_messages_redelivered_total").increment(redelivered);
         Ok(settled)
     }
 }

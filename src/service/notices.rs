@@ -24,6 +24,11 @@ pub enum Notice {
     Broadcast(RoutedBroadcast),
     /// The members of a session changed: forget what is cached of it.
     SessionChanged(u64),
+    /// Apply the acks this node queued so far, then answer `Settled` with
+    /// the token to node `reply_to` (a read there must see them).
+    Settle { token: u64, reply_to: u16 },
+    /// The acks were applied (the answer to `Settle`).
+    Settled(u64),
 }
 
 /// The outcomes of the ack records published with one reply token.
@@ -51,6 +56,13 @@ pub struct RoutedEvent {
     pub message_id: u64,
     pub inbox_seq: i64,
     pub body: String,
+    /// The user's entry is pending: a push on a client-ack subscription
+    /// awaits an ack.
+    #[serde(default)]
+    pub pending: bool,
+    /// A redelivery: the node that pushed it first keeps its clock.
+    #[serde(default)]
+    pub redelivery: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

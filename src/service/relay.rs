@@ -175,6 +175,35 @@ impl Relay {
         self.tell_others(Notice::Broadcast(routed)).await;
     }
 
+    /// The nodes other than this one that hold devices of `user_id`.
+    pub async fn other_nodes_of(&self, user_id: u64) -> Vec<u16> {
+        match self.locate(&[user_id]).await {
+            Locations::AllHere => Vec::new(),
+            Locations::Nodes(nodes) => nodes
+                .into_iter()
+                .map(|(n, _)| n)
+                .filter(|&n| n != self.node)
+                .collect(),
+        }
+    }
+
+    /// Which of `users` have a device on some node.
+    pub async fn online(&self, users: &[u64]) -> Vec<u64> {
+        match self.locate(users).await {
+            Locations::AllHere => users
+                .iter()
+                .copied()
+                .filter(|&u| self.hub.is_online(u))
+                .collect(),
+            Locations::Nodes(nodes) => {
+                let mut online: Vec<u64> = nodes.into_iter().flat_map(|(_, u)| u).collect();
+                online.sort_unstable();
+                online.dedup();
+                online
+            }
+        }
+    }
+
     /// Where users' devices are; if that cannot be told, this node's
     /// devices still get their pushes (the others sync).
     async fn locate(&self, users: &[u64]) -> Locations {
@@ -240,19 +269,22 @@ pub fn push_message(
     }
 }
 
-/// Pushes ready events to the users' devices on this node.
-pub fn push_events(hub: &DeliveryHub, events: Vec<RoutedEvent>) {
+/// Pushes ready events to the users' devices on this node; how many
+/// devices got one.
+pub fn push_events(hub: &DeliveryHub, events: Vec<RoutedEvent>) -> usize {
+    let mut pushed = 0;
     for e in events {
         let event = Arc::new(UserEvent {
             message_id: e.message_id,
             inbox_seq: e.inbox_seq,
             body: Bytes::from(e.body),
-            pending: false,
+            pending: e.pending,
             stored_at: Instant::now(),
-            redelivery: false,
+            redelivery: e.redelivery,
         });
-        hub.push_to_user(e.user_id, &event, None);
+        pushed += hub.push_to_user(e.user_id, &event, None);
     }
+    pushed
 }
 
 /// Groups items by the node they go to.

@@ -12,7 +12,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream as StdTcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command as Proc, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -152,6 +152,12 @@ pub struct TestServer {
     /// its stdin (held by this process) closes, i.e. when the test binary
     /// exits without dropping us (servers kept in statics).
     watchdog: Option<Child>,
+    /// In cluster mode, the other node of the server's cluster: REST calls
+    /// and STOMP connections alternate between the two, so that senders
+    /// and recipients meet across nodes.
+    peer: Option<Box<TestServer>>,
+    /// Which node the next STOMP connection goes to.
+    stomp_turn: AtomicU64,
 }
 
 /// The backend the tests run on: `HERALD_TEST_BACKEND=cluster` runs every
@@ -226,11 +232,9 @@ impl TestServer {
 
     /// Starts a server with exactly `env` on top of the defaults (so the
     /// default durability, `full`, unless `env` says otherwise).
-    pub fn start_with(mut env: Vec<(String, String)>) -> TestServer {
+    pub fn start_with(env: Vec<(String, String)>) -> TestServer {
         if cluster_mode() && !env.iter().any(|(k, _)| k == "HERALD_CLUSTER_NAME") {
-            let mut cluster = cluster_env(&new_cluster_name(), 1);
-            cluster.append(&mut env);
-            env = cluster;
+            return Self::start_pair(env);
         }
         let dir = tempfile::Builder::new()
             .prefix("herald-it-")
@@ -249,8 +253,24 @@ impl TestServer {
             port: 0,
             child: None,
             watchdog: None,
+            peer: None,
+            stomp_turn: AtomicU64::new(0),
         };
         server.spawn();
+        server
+    }
+
+    /// Two nodes of a new cluster, each with `env` on top.
+    fn start_pair(env: Vec<(String, String)>) -> TestServer {
+        let name = new_cluster_name();
+        let node = |n| {
+            let mut all = cluster_env(&name, n);
+            all.extend(env.iter().cloned());
+            std::thread::spawn(move || TestServer::start_with(all))
+        };
+        let (first, second) = (node(1), node(2));
+        let mut server = first.join().expect("node 1 starts");
+        server.peer = Some(Box::new(second.join().expect("node 2 starts")));
         server
     }
 
@@ -301,11 +321,20 @@ impl TestServer {
     /// A fresh REST client for this server (one per test: reqwest pools
     /// connections per tokio runtime).
     pub fn api(&self) -> Api {
-        Api::new(self.port)
+        match &self.peer {
+            Some(peer) => Api::over(&[self.port, peer.port]),
+            None => Api::new(self.port),
+        }
     }
 
+    /// A connected STOMP client; in cluster mode, on each node in turn.
     pub async fn stomp(&self, token: &str) -> Stomp {
-        Stomp::connect(self.port, token).await
+        let turn = self.stomp_turn.fetch_add(1, Ordering::Relaxed);
+        let port = match &self.peer {
+            Some(peer) if turn % 2 == 1 => peer.port,
+            _ => self.port,
+        };
+        Stomp::connect(port, token).await
     }
 
     fn spawn(&mut self) {
@@ -562,19 +591,38 @@ impl Resp {
 
 #[derive(Clone)]
 pub struct Api {
-    pub base: String,
+    /// The servers asked, in turn (one, or the nodes of a cluster).
+    bases: Arc<Vec<String>>,
+    turn: Arc<AtomicU64>,
     pub http: reqwest::Client,
 }
 
 impl Api {
     pub fn new(port: u16) -> Api {
+        Api::over(&[port])
+    }
+
+    /// A client that sends each request to the next of `ports`.
+    pub fn over(ports: &[u16]) -> Api {
         Api {
-            base: format!("http://127.0.0.1:{port}"),
+            bases: Arc::new(
+                ports
+                    .iter()
+                    .map(|p| format!("http://127.0.0.1:{p}"))
+                    .collect(),
+            ),
+            turn: Arc::default(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(20))
                 .build()
                 .expect("build reqwest client"),
         }
+    }
+
+    /// The server the next request goes to.
+    fn base(&self) -> &str {
+        let n = self.turn.fetch_add(1, Ordering::Relaxed) as usize;
+        &self.bases[n % self.bases.len()]
     }
 
     pub async fn request(
@@ -586,7 +634,7 @@ impl Api {
     ) -> Resp {
         let mut rb = self
             .http
-            .request(method.clone(), format!("{}{}", self.base, path));
+            .request(method.clone(), format!("{}{}", self.base(), path));
         if let Some(t) = token {
             rb = rb.bearer_auth(t);
         }
@@ -642,7 +690,7 @@ impl Api {
     pub async fn post_raw(&self, path: &str, token: Option<&str>, body: &str) -> Resp {
         let mut rb = self
             .http
-            .post(format!("{}{}", self.base, path))
+            .post(format!("{}{}", self.base(), path))
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body.to_string());
         if let Some(t) = token {
@@ -705,7 +753,7 @@ impl Api {
     pub async fn try_send(&self, from: &TestUser, req: &Value) -> Option<(u16, Value)> {
         let resp = self
             .http
-            .post(format!("{}{API}/messages", self.base))
+            .post(format!("{}{API}/messages", self.base()))
             .bearer_auth(&from.token)
             .json(req)
             .send()

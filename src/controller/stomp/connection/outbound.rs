@@ -66,7 +66,10 @@ impl Connection {
                         ev.inbox_seq,
                         InboxStatus::Delivered,
                     ),
-                    _ => self.services.redelivery.track(user_id, ev.message_id),
+                    // A redelivery's clock runs on the node that pushed
+                    // the message first (maybe another one).
+                    _ if !ev.redelivery => self.services.redelivery.track(user_id, ev.message_id),
+                    _ => {}
                 }
             }
         }
