@@ -406,7 +406,7 @@ async fn assert_nothing_confirmed_was_lost(srv: &TestServer, cast: &Cast, outcom
     // (confirmed or not). Confirmed ones return their original id; none
     // may create a second message.
     let req_for = |s: usize, i: usize, cmid: &str| {
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             send_req_group(gid, &format!("g {s} {i}"), cmid)
         } else {
             send_req_user(&recipient.user_id, &format!("u {s} {i}"), cmid)

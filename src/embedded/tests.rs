@@ -194,11 +194,7 @@ async fn a_stored_send_is_found_by_its_sender_and_client_message_id() {
     let store = SqliteStore::new(&db.documents);
     let mut send = record(600);
     send.server_ts = 1234;
-    store
-        .store_messages(vec![send], batch(1, 1))
-        .await
-        .unwrap()
-        .stored;
+    store.store_messages(vec![send], batch(1, 1)).await.unwrap();
     db.documents.writer.flush().await.unwrap();
     let found = store
         .sent_message(1, "c600")
@@ -324,7 +320,7 @@ async fn store_after(
     let dir = tempfile::tempdir().unwrap();
     let db = open(dir.path());
     let store = SqliteStore::new(&db.documents);
-    store.store_messages(records, applied).await.unwrap().stored;
+    store.store_messages(records, applied).await.unwrap();
     (dir, db, store)
 }
 

@@ -69,7 +69,7 @@ impl Routes {
     /// stderr, since the relay keeps no other record of it.
     fn dropped_one(&self) {
         let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-        if n == 1 || n % TELL_DROPS_EVERY == 0 {
+        if n == 1 || n.is_multiple_of(TELL_DROPS_EVERY) {
             eprintln!("relay: {n} frame(s) dropped so far: a connection's queue was full");
         }
     }

@@ -12,6 +12,7 @@
 //! - `seen:<user>`: when the user's last device left (ms);
 //! - `send:<sender>:<clientMessageId>`: a send's receipt (24 h);
 //! - `quota:send:<user>`: the send bucket's theoretical arrival time.
+//!
 //! Channels: `chan:<node>` (one node) and `chan:all` (every node).
 
 mod keys;

@@ -236,7 +236,7 @@ async fn background(s: Arc<Shared>) {
         let client = s.client();
         flush(&s, &client).await;
         tick += 1;
-        if tick % CHECK_EVERY != 0 {
+        if !tick.is_multiple_of(CHECK_EVERY) {
             continue;
         }
         let reachable = report(&s, &client).await;

@@ -169,8 +169,7 @@ impl RocketProducer {
                 result.send_status
             )));
         }
-        u64::try_from(result.queue_offset)
-            .map_err(|_| rocket_failure("the broker answered a negative offset"))
+        Ok(result.queue_offset)
     }
 
     /// Replaces the client once the broker is routed again (see the
