@@ -63,7 +63,7 @@ settings! {
     listen: String = "127.0.0.1:8080".into();
     /// Directory of the embedded store and topics.
     data_dir: PathBuf = PathBuf::from("./herald-data");
-    /// HS256 secret for tokens; generated once and kept in the data dir if empty.
+    /// HS256 secret for tokens; if empty, generated once and kept in the data dir (in MongoDB for a cluster).
     jwt_secret: String = String::new();
     /// Token lifetime in seconds (7 days).
     jwt_ttl_secs: u64 = 7 * 24 * 3600;
@@ -99,7 +99,7 @@ settings! {
     durability: String = "full".into();
     /// Most operations grouped into one commit of the documents.
     commit_batch_max: usize = 2048;
-    /// Node id (0-1023) of the message-id generator; unique per cluster node.
+    /// Node id (0-1023) of the message-id generator; unique per cluster node (a node holds a lease on it in Redis).
     node_id: u16 = 0;
     /// Most REST requests per second per client address (0 = unlimited).
     http_rate_per_sec: u32 = 0;

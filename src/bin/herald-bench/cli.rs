@@ -48,6 +48,11 @@ pub struct Common {
     /// Stomp: the WebSocket URL, e.g. `ws://127.0.0.1:15674/ws`.
     #[arg(long, global = true)]
     pub url: Option<String>,
+    /// Herald: a second node of the same cluster, `http://HOST:PORT`.
+    /// Odd-numbered connections go there; in `rate` and `find-max` the
+    /// connections on `--url` send, and only to those on this one.
+    #[arg(long, global = true)]
+    pub url2: Option<String>,
     /// Stomp target: CONNECT `login`.
     #[arg(long, default_value = "guest", global = true)]
     pub login: String,

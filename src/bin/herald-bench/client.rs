@@ -31,6 +31,8 @@ pub struct Target {
     /// Herald: `http://host:port` (no trailing slash).
     pub base_url: String,
     pub ws_url: String,
+    /// A second node: the odd-numbered connections' WebSocket URL.
+    pub ws_url2: Option<String>,
     /// CONNECT `host` header.
     pub host: String,
     pub login: String,
@@ -69,10 +71,22 @@ impl Target {
                 (String::new(), url, c.vhost.clone())
             }
         };
+        let ws_url2 = match (&c.url2, c.target) {
+            (None, _) => None,
+            (Some(u), TargetKind::Herald) => {
+                let rest = u
+                    .trim_end_matches('/')
+                    .strip_prefix("http://")
+                    .context("--url2 must be http://HOST:PORT")?;
+                Some(format!("ws://{rest}/ws"))
+            }
+            (Some(_), TargetKind::Stomp) => bail!("--url2 is for --target herald"),
+        };
         Ok(Target {
             kind: c.target,
             base_url,
             ws_url,
+            ws_url2,
             host,
             login: c.login.clone(),
             passcode: c.passcode.clone(),
@@ -83,6 +97,14 @@ impl Target {
             connect_concurrency: c.connect_concurrency.max(1),
             queue: c.queue.max(1),
         })
+    }
+
+    /// Where connection `idx` goes.
+    pub fn ws_url_of(&self, idx: u32) -> &str {
+        match &self.ws_url2 {
+            Some(second) if idx % 2 == 1 => second,
+            _ => &self.ws_url,
+        }
     }
 
     pub fn name(&self) -> &'static str {
@@ -296,10 +318,11 @@ pub async fn connect_all(
         let target = Arc::clone(target);
         let done = Arc::clone(&done);
         async move {
-            let what = format!("connection {} to {}", id.idx, target.ws_url);
+            let url = target.ws_url_of(id.idx);
+            let what = format!("connection {} to {url}", id.idx);
             let conn = within(target.connect_timeout, async {
                 let headers = target.connect_headers(id.token.as_deref());
-                let mut conn = Conn::connect(&target.ws_url, &headers, opts.read_buffer).await?;
+                let mut conn = Conn::connect(url, &headers, opts.read_buffer).await?;
                 conn.subscribe(target.subscriptions(id.idx, opts.mode))
                     .await?;
                 Ok(conn)

@@ -105,6 +105,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
 pub enum Dest {
     /// A random client other than the sender, among `n`.
     RandomPeer { n: u32 },
+    /// A random odd-numbered client among `n` (those on the second node).
+    RandomOdd { n: u32 },
     /// Always the same destination index (e.g. the group).
     Fixed(u32),
 }
@@ -158,6 +160,7 @@ pub async fn schedule(plan: Plan<'_>, shared: &Shared) {
                     r
                 }
             }
+            Dest::RandomOdd { n } => 2 * rng.random_range(0..(n / 2).max(1)) + 1,
             Dest::Fixed(d) => d,
         };
         let item = SendItem {

@@ -67,13 +67,20 @@ async fn one_run(
     rate: f64,
     spec: RunSpec,
 ) -> (bool, crate::proc::Usage) {
+    let n = clients.len() as u32;
+    // Two nodes: the first node's connections send to the second's.
+    let (senders, dest) = match env.target.ws_url2 {
+        Some(_) => (
+            (0..clients.len()).step_by(2).collect(),
+            Dest::RandomOdd { n },
+        ),
+        None => ((0..clients.len()).collect(), Dest::RandomPeer { n }),
+    };
     let plan = Plan {
         clients,
-        senders: (0..clients.len()).collect(),
+        senders,
         rate,
-        dest: Dest::RandomPeer {
-            n: clients.len() as u32,
-        },
+        dest,
         fanout: 1,
     };
     run_plan(env, shared, plan, spec).await
