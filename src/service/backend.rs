@@ -304,10 +304,13 @@ impl Backends {
         self.presence.ping().await
     }
 
-    /// Closes the topics, the store and presence, logging what fails.
+    /// Closes the topics (at once), then the store and presence, logging
+    /// what fails.
     pub async fn close(&self) {
-        for topic in [&self.session_topic, &self.ack_topic] {
-            if let Err(e) = topic.close().await {
+        let topics = [&self.session_topic, &self.ack_topic];
+        let closed = futures_util::future::join_all(topics.iter().map(|t| t.close())).await;
+        for (topic, result) in topics.iter().zip(closed) {
+            if let Err(e) = result {
                 tracing::error!(error = %e, topic = topic.name(), "closing the topic failed");
             }
         }

@@ -29,6 +29,11 @@ use crate::service::backend::{Checkpoint, Position, TopicConsumer, TopicRecord};
 
 /// Messages per pull request (so per polled batch).
 const PULL_BATCH: i32 = 256;
+/// How long the broker holds a pull with nothing to answer (a pull under
+/// way holds a stopping consumer up: the client's 20 s made a stop take
+/// that long), and how long the client waits for such an answer.
+const PULL_SUSPEND_MS: u64 = 2000;
+const PULL_SUSPEND_TIMEOUT_MS: u64 = 5000;
 /// How long one poll of the client waits (a poll is cancelled only
 /// between two of these), and how many empty ones make an empty answer
 /// (the consume loop then reports lag and assignment).
@@ -89,6 +94,8 @@ async fn start_client(
         // A new group starts at the beginning (the default skips history).
         .consume_from_where(ConsumeFromWhere::ConsumeFromFirstOffset)
         .pull_batch_size(PULL_BATCH)
+        .broker_suspend_max_time_millis(PULL_SUSPEND_MS)
+        .consumer_timeout_millis_when_suspend(PULL_SUSPEND_TIMEOUT_MS)
         .auto_commit(false)
         .build()
         .map_err(rocket_error)?;

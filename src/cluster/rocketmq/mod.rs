@@ -253,9 +253,7 @@ impl DurableTopic for RocketTopic {
             let _ = l.await;
         }
         let consumers = std::mem::take(&mut *self.consumers.lock());
-        for c in consumers {
-            c.shutdown().await;
-        }
+        futures_util::future::join_all(consumers.iter().map(|c| c.shutdown())).await;
         self.client.topic_closed().await;
         Ok(())
     }
