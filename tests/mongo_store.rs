@@ -212,11 +212,12 @@ async fn groups_keep_their_members_in_join_order() {
     assert_eq!((g.group_id, g.session_id, g.owner_id), (10, 100, 3));
     assert_eq!(g.name, "group 10");
     assert_eq!(g.member_ids, vec![3, 1, 2]);
-    // 5 and 4 join at the same time: by user id then.
+    // Added together, after everyone there (2 is already), in the order
+    // given.
     store.add_group_members(10, &[2, 5, 4]).await.unwrap();
     assert_eq!(
         store.group(10).await.unwrap().unwrap().member_ids,
-        vec![3, 1, 2, 4, 5]
+        vec![3, 1, 2, 5, 4]
     );
     assert!(store.remove_group_member(10, 1).await.unwrap());
     assert!(!store.remove_group_member(10, 1).await.unwrap());

@@ -574,3 +574,25 @@ async fn an_inbox_without_the_unread_column_gets_it_from_status() {
         "{indexes:?}"
     );
 }
+
+#[tokio::test]
+async fn members_added_right_after_creation_list_after_the_first_ones() {
+    use crate::model::Group;
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path());
+    let store = SqliteStore::new(&db.documents);
+    // The first members are stamped created_at + i: ahead of the clock.
+    let created_at = crate::model::ids::now_ms() + 1_000;
+    let group = Group {
+        group_id: 9,
+        session_id: 90,
+        name: "g".into(),
+        owner_id: 5,
+        member_ids: vec![5, 7, 3],
+        created_at,
+    };
+    store.create_group(group).await.unwrap();
+    store.add_group_members(9, &[4, 1]).await.unwrap();
+    let members = store.group(9).await.unwrap().unwrap().member_ids;
+    assert_eq!(members, vec![5, 7, 3, 4, 1], "in the order they joined");
+}

@@ -125,12 +125,26 @@ impl MongoStore {
 
     /// Adds the users not in the group yet, joined now.
     pub(super) async fn add_members(&self, group_id: u64, user_ids: &[u64]) -> BackendResult<()> {
-        let now = crate::model::ids::now_ms();
+        // After every member there (a group's first members are stamped
+        // created_at + i, which may be later than now): members list in
+        // the order they joined.
+        let latest = self
+            .members()
+            .find(doc! {"groupId": id(group_id)})
+            .await?
+            .try_collect::<Vec<MemberDoc>>()
+            .await?
+            .iter()
+            .map(|m| m.joined_at)
+            .max()
+            .unwrap_or(0);
+        let from = crate::model::ids::now_ms().max(latest + 1);
         let mut seen = HashSet::new();
         let members: Vec<MemberDoc> = user_ids
             .iter()
             .filter(|u| seen.insert(**u))
-            .map(|u| MemberDoc::new(group_id, *u, now))
+            .enumerate()
+            .map(|(i, u)| MemberDoc::new(group_id, *u, from + i as i64))
             .collect();
         if members.is_empty() {
             return Ok(());

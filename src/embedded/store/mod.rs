@@ -259,11 +259,18 @@ impl Store for SqliteStore {
         let now = crate::model::ids::now_ms();
         self.writer
             .write(move |c| {
+                // After every member there (a group's first members are
+                // stamped created_at + i, maybe later than now): members
+                // list in the order they joined.
+                let latest: i64 = c
+                    .prepare_cached("SELECT coalesce(max(joined_at), 0) FROM group_members WHERE group_id = ?")?
+                    .query_row([group_id as i64], |r| r.get(0))?;
+                let from = now.max(latest + 1);
                 let mut ins = c.prepare_cached(
                     "INSERT OR IGNORE INTO group_members(group_id, user_id, joined_at) VALUES (?, ?, ?)",
                 )?;
-                for id in ids {
-                    ins.execute(params![group_id as i64, id as i64, now])?;
+                for (i, id) in ids.into_iter().enumerate() {
+                    ins.execute(params![group_id as i64, id as i64, from + i as i64])?;
                 }
                 Ok(())
             })
