@@ -224,14 +224,14 @@ async fn groups_keep_their_members_in_join_order() {
     let info = store.session_info(100).await.unwrap().unwrap();
     assert_eq!(info.session_type, SessionType::Group);
     assert_eq!(info.group_id, Some(10));
-    assert_eq!(info.members, vec![3, 2, 4, 5]);
+    assert_eq!(info.members, vec![3, 2, 5, 4]);
     assert!(store.group(11).await.unwrap().is_none());
     assert!(store.session_info(101).await.unwrap().is_none());
     // Another node sees the same.
     let other = MongoStore::open(&uri(), &db).await.unwrap();
     assert_eq!(
         other.group(10).await.unwrap().unwrap().member_ids,
-        vec![3, 2, 4, 5]
+        vec![3, 2, 5, 4]
     );
     drop_database(&db).await;
 }
