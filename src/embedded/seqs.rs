@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::model::{InboxRef, InboxStatus, MessageDoc, SendRecord, SessionType, StoredMessage};
+use crate::model::{InboxRef, MessageDoc, SendRecord, SessionType, StoredMessage};
 use crate::service::backend::Checkpoint;
 
 /// Entries kept per map before the cache starts over.
@@ -180,8 +180,9 @@ impl SeqCache {
         let to = r.to_user_id.unwrap_or(sender);
         let accepted_at_ms = r.server_ts;
         let doc = Arc::new(MessageDoc::from_record(r, seq));
-        let recipients = [sender, to]
-            .map(|user_id| inbox_entry(user_id, sender, next(&mut self.inbox_seq, user_id)));
+        let recipients = [sender, to].map(|user_id| {
+            InboxRef::new_entry(user_id, sender, next(&mut self.inbox_seq, user_id))
+        });
         let planned = Planned {
             doc: doc.clone(),
             recipients,
@@ -193,21 +194,6 @@ impl SeqCache {
             accepted_at_ms,
         };
         (planned, stored)
-    }
-}
-
-/// A recipient's inbox entry for a message from `sender`: the sender's own
-/// copy is read already (it only serves sync).
-pub fn inbox_entry(user_id: u64, sender: u64, inbox_seq: i64) -> InboxRef {
-    let status = if user_id == sender {
-        InboxStatus::Read
-    } else {
-        InboxStatus::Pending
-    };
-    InboxRef {
-        user_id,
-        inbox_seq,
-        status,
     }
 }
 

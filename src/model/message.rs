@@ -140,6 +140,23 @@ pub struct InboxRef {
     pub status: InboxStatus,
 }
 
+impl InboxRef {
+    /// A recipient's new entry for a message from `sender`: the sender's
+    /// own copy is read already (it only serves sync), the others' pending.
+    pub fn new_entry(user_id: u64, sender: u64, inbox_seq: i64) -> InboxRef {
+        let status = if user_id == sender {
+            InboxStatus::Read
+        } else {
+            InboxStatus::Pending
+        };
+        InboxRef {
+            user_id,
+            inbox_seq,
+            status,
+        }
+    }
+}
+
 /// A message as one user sees it (document + that user's inbox entry).
 #[derive(Debug, Clone)]
 pub struct InboxMessage {

@@ -141,6 +141,38 @@ pub enum RecallOutcome {
     TooLate,
 }
 
+/// What a store does with a recall request ([`RecallOutcome::judge`]).
+#[derive(Debug, Clone)]
+pub enum RecallStep {
+    /// Mark the message recalled; this is how it reads once marked.
+    Write(MessageDoc),
+    /// Nothing to write: answer this.
+    Answer(RecallOutcome),
+}
+
+impl RecallOutcome {
+    /// The rules of a recall, for every store. A recalled message keeps
+    /// its place (`seq`) and loses its content; one recalled already is
+    /// answered as it is.
+    pub fn judge(doc: Option<MessageDoc>, sender_id: u64, not_before_ms: i64) -> RecallStep {
+        let Some(mut doc) = doc else {
+            return RecallStep::Answer(RecallOutcome::NotFound);
+        };
+        if doc.sender_id != sender_id {
+            return RecallStep::Answer(RecallOutcome::NotSender);
+        }
+        if doc.recalled {
+            return RecallStep::Answer(RecallOutcome::Recalled(doc));
+        }
+        if doc.server_ts < not_before_ms {
+            return RecallStep::Answer(RecallOutcome::TooLate);
+        }
+        doc.recalled = true;
+        doc.content.clear();
+        RecallStep::Write(doc)
+    }
+}
+
 /// The outcome of a deduplicated publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PublishOnce {

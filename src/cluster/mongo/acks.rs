@@ -162,32 +162,20 @@ impl MongoStore {
         sender_id: u64,
         not_before: i64,
     ) -> BackendResult<RecallOutcome> {
-        let Some(row) = self
+        let row = self
             .messages()
             .find_one(doc! {"_id": id(message_id)})
-            .await?
-        else {
-            return Ok(RecallOutcome::NotFound);
+            .await?;
+        let doc = match RecallOutcome::judge(row.map(MessageRow::into_doc), sender_id, not_before) {
+            RecallStep::Write(recalled) => recalled,
+            RecallStep::Answer(outcome) => return Ok(outcome),
         };
-        let mut doc = row.into_doc();
-        if doc.sender_id != sender_id {
-            return Ok(RecallOutcome::NotSender);
-        }
-        if doc.recalled {
-            return Ok(RecallOutcome::Recalled(doc));
-        }
-        if doc.server_ts < not_before {
-            return Ok(RecallOutcome::TooLate);
-        }
-        // A recalled message keeps its place (seq) but loses its content.
         self.messages()
             .update_one(
                 doc! {"_id": id(message_id)},
                 doc! {"$set": {"recalled": true, "content": ""}},
             )
             .await?;
-        doc.recalled = true;
-        doc.content.clear();
         Ok(RecallOutcome::Recalled(doc))
     }
 }

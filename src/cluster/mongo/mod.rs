@@ -57,7 +57,7 @@ use crate::model::{
     AcceptedSend, AckOutcome, AckRecord, Group, InboxMessage, MessageDoc, SendRecord, SessionInfo,
     SessionSummary, StoredBatch, User,
 };
-use crate::service::backend::{Checkpoint, RecallOutcome, Store};
+use crate::service::backend::{Checkpoint, RecallOutcome, RecallStep, Store};
 
 use documents::*;
 

@@ -37,7 +37,7 @@ use mongodb::options::ReadConcern;
 
 use super::users_groups::{commit, majority};
 use super::*;
-use crate::model::{InboxRef, InboxStatus, KnownSend, SessionType, StoredMessage};
+use crate::model::{InboxRef, KnownSend, SessionType, StoredMessage};
 
 /// What becomes of a record.
 enum Fate {
@@ -225,7 +225,7 @@ impl MongoStore {
                 .filter_map(|u| {
                     let seq = next_inbox.get_mut(&u)?;
                     *seq += 1;
-                    Some(inbox_entry(u, doc.sender_id, *seq))
+                    Some(InboxRef::new_entry(u, doc.sender_id, *seq))
                 })
                 .collect();
             numbered
@@ -569,21 +569,6 @@ fn recipients(r: &SendRecord, members: &HashMap<u64, Vec<u64>>) -> Vec<u64> {
         }
         (_, Some(to), _) => vec![r.sender_id, to],
         _ => vec![r.sender_id],
-    }
-}
-
-/// A recipient's entry: the sender's own copy is read already (it only
-/// serves sync), the others' are pending.
-fn inbox_entry(user_id: u64, sender: u64, inbox_seq: i64) -> InboxRef {
-    let status = if user_id == sender {
-        InboxStatus::Read
-    } else {
-        InboxStatus::Pending
-    };
-    InboxRef {
-        user_id,
-        inbox_seq,
-        status,
     }
 }
 

@@ -20,7 +20,7 @@ use crate::model::{
     KnownSend, MessageDoc, SendRecord, SessionInfo, SessionSummary, SessionType, StoredBatch,
     StoredMessage, User,
 };
-use crate::service::backend::{Checkpoint, RecallOutcome, Store};
+use crate::service::backend::{Checkpoint, RecallOutcome, RecallStep, Store};
 
 use rows::{
     group_members, inbox_query, load_group, message_from_row, opt_id, sessions_of, user_from_row,

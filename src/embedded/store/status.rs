@@ -134,22 +134,11 @@ pub(super) fn recall_in(
         ))?
         .query_row([message_id as i64], |r| message_from_row(r, 0))
         .optional()?;
-    let Some(mut doc) = doc else {
-        return Ok(RecallOutcome::NotFound);
+    let doc = match RecallOutcome::judge(doc, sender_id, not_before) {
+        RecallStep::Write(recalled) => recalled,
+        RecallStep::Answer(outcome) => return Ok(outcome),
     };
-    if doc.sender_id != sender_id {
-        return Ok(RecallOutcome::NotSender);
-    }
-    if doc.recalled {
-        return Ok(RecallOutcome::Recalled(doc));
-    }
-    if doc.server_ts < not_before {
-        return Ok(RecallOutcome::TooLate);
-    }
-    // A recalled message keeps its place (seq) but loses its content.
     c.prepare_cached("UPDATE messages SET recalled = 1, content = '' WHERE message_id = ?")?
         .execute([message_id as i64])?;
-    doc.recalled = true;
-    doc.content.clear();
     Ok(RecallOutcome::Recalled(doc))
 }

@@ -237,7 +237,7 @@ pub(super) fn store_batch(
         let mut refs = Vec::with_capacity(recipients.len());
         for user_id in recipients {
             let inbox_seq = counters.next_inbox_seq(c, user_id)?;
-            refs.push(seqs::inbox_entry(user_id, doc.sender_id, inbox_seq));
+            refs.push(InboxRef::new_entry(user_id, doc.sender_id, inbox_seq));
         }
         insert_inbox_entries(c, &doc, &refs)?;
         out.batch.stored.push(StoredMessage {
