@@ -37,6 +37,7 @@ PORT1=${PORT1:-18181}
 PORT2=${PORT2:-18182}
 
 cargo build --release --bins >&2
+bin="${CARGO_TARGET_DIR:-target}/release"
 bash scripts/services.sh up >&2
 eval "$(bash scripts/services.sh env)"
 ulimit -n 65536 2>/dev/null || true
@@ -55,7 +56,7 @@ start_nodes() {
             HERALD_MONGODB_URI="${HERALD_MONGODB_URI%/*}/$cluster" \
             HERALD_SEND_RATE_PER_SEC=100000 HERALD_SEND_BURST=100000 \
             HERALD_MAX_CONNECTIONS_PER_USER=100000 HERALD_LOG=warn \
-            target/release/herald serve --listen "127.0.0.1:$port" --data-dir "$work/n$n" \
+            "$bin/herald" serve --listen "127.0.0.1:$port" --data-dir "$work/n$n" \
             2>"$work/node$n.log" &
         PIDS+=($!)
     done
@@ -78,7 +79,7 @@ bench() {
     shift
     echo "== $case" >&2
     start_nodes
-    target/release/herald-bench --url "http://127.0.0.1:$PORT1" --server-pid "${PIDS[0]}" "$@" |
+    "$bin/herald-bench" --url "http://127.0.0.1:$PORT1" --server-pid "${PIDS[0]}" "$@" |
         python3 -c 'import json,sys
 for l in sys.stdin:
     print(json.dumps({"case": sys.argv[1], "result": json.loads(l)}), flush=True)' "$case" >>"$out"

@@ -77,7 +77,8 @@ install_rocketmq() {
 }
 
 # ---------------------------------------------------------------- probes: does it answer?
-ready_redis() { [[ $(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null) == PONG ]]; }
+# Bounded: a wedged server must not hold the caller past start()'s deadline.
+ready_redis() { [[ $(timeout 3 redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null) == PONG ]]; }
 
 ready_mongodb() {
   "$PY" - "$MONGODB_PORT" 2>/dev/null <<'EOF'
