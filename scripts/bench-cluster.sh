@@ -18,6 +18,7 @@
 #
 #   scripts/bench-cluster.sh
 #   CASES="rate" RATE=300 scripts/bench-cluster.sh
+#   SKIP_BUILD=1 BIN_DIR=/some/release scripts/bench-cluster.sh   (binaries built already)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,8 +37,8 @@ IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-5000}
 PORT1=${PORT1:-18181}
 PORT2=${PORT2:-18182}
 
-cargo build --release --bins >&2
-bin="${CARGO_TARGET_DIR:-target}/release"
+[ -n "${SKIP_BUILD:-}" ] || cargo build --release --bins >&2
+bin=${BIN_DIR:-${CARGO_TARGET_DIR:-target}/release}   # herald and herald-bench
 bash scripts/services.sh up >&2
 eval "$(bash scripts/services.sh env)"
 ulimit -n 65536 2>/dev/null || true
