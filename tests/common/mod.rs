@@ -1444,6 +1444,16 @@ pub fn assert_message_vo(v: &Value) {
 
 /// Checks the SendAck shape; returns the messageId.
 #[track_caller]
+/// Sends accepted one at a time since `started` by a bucket of `burst`
+/// refilled at one per second: no more than the burst plus what refilled.
+pub fn assert_within_refill(accepted: usize, burst: usize, started: Instant) {
+    let allowed = burst + started.elapsed().as_secs_f64().ceil() as usize;
+    assert!(
+        accepted <= allowed,
+        "{accepted} sends accepted, at most {allowed} allowed"
+    );
+}
+
 pub fn assert_send_ack(v: &Value, cmid: &str) -> String {
     assert_eq!(v["clientMessageId"].as_str(), Some(cmid), "SendAck: {v}");
     assert_eq!(v["status"].as_str(), Some("accepted"), "SendAck: {v}");
