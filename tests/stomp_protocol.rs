@@ -828,6 +828,10 @@ async fn unsubscribe_stops_pushes() {
     ca.send(&dest, &[], "p1").await;
     cb.recv_message_on("p", WAIT).await;
     cb.unsubscribe("p").await;
+    // Unsubscribing twice, or an id never subscribed, is answered (its
+    // RECEIPT) without an ERROR: the connection stays.
+    cb.unsubscribe("p").await;
+    cb.unsubscribe("never-subscribed").await;
     ca.send(&dest, &[("receipt", "p2")], "p2").await;
     ca.recv_receipt("p2", WAIT).await;
     cb.expect_no_message_on("p", Duration::from_millis(500))

@@ -64,11 +64,10 @@ impl Connection {
             .header("id")
             .ok_or_else(|| Fatal::new("UNSUBSCRIBE needs an id header", Some(frame)))?;
         let s = self.session()?;
+        // An unknown id (a client unsubscribing twice, say) changes nothing;
+        // closing the connection for it would cost the client its session.
         let Some(sub) = s.subs.remove(id) else {
-            return Err(Fatal::new(
-                format!("no subscription with id {id}"),
-                Some(frame),
-            ));
+            return Ok(());
         };
         s.unacked.retain(|_, u| u.subscription != id);
         if let SubscribeTarget::Topic(topic) = sub.target {
