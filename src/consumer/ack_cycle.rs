@@ -16,7 +16,7 @@ use crate::model::AckEnvelope;
 use crate::service::backend::{Checkpoint, Store};
 use crate::service::notices::{AckReply, Notice};
 use crate::service::redelivery::Verdict;
-use crate::service::relay::Relay;
+use crate::service::relay::{distinct_users, Relay};
 use crate::service::{MessageService, RedeliveryTracker};
 
 /// Applies ack records to the inboxes, and replies to the nodes that
@@ -79,9 +79,7 @@ pub async fn run_redelivery(
             _ = shutdown.changed() => break,
         }
         let due = tracker.take_due(Instant::now(), 4096);
-        let mut users: Vec<u64> = due.iter().map(|d| d.user_id).collect();
-        users.sort_unstable();
-        users.dedup();
+        let users = distinct_users(due.iter().map(|d| d.user_id));
         let online = relay.online(&users).await;
         let mut by_user: HashMap<u64, Vec<u64>> = HashMap::new();
         for d in due {

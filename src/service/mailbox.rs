@@ -99,9 +99,7 @@ impl NodeMail for Mailbox {
                     push_message(&self.hub, &m.doc, &m.recipients, except, now);
                 }
             }
-            Notice::Events(events) => {
-                push_events(&self.hub, events);
-            }
+            Notice::Events(events) => push_events(&self.hub, events),
             Notice::Broadcast(b) => {
                 self.hub.publish_topic(Broadcast {
                     destination: Arc::from(b.destination.as_str()),

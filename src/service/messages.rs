@@ -1,9 +1,7 @@
 //! Sending, recalling and reading messages.
 
 use std::sync::Arc;
-use std::time::Instant;
 
-use bytes::Bytes;
 use validator::Validate;
 
 use async_trait::async_trait;
@@ -12,7 +10,6 @@ use super::acks::AckService;
 use super::backend::{
     Durable, DurableTopic, KeyHistory, PublishOnce, Quotas, RecallOutcome, Store,
 };
-use super::delivery::UserEvent;
 use super::directory::Directory;
 use super::mailbox::{SendWaiters, StoredAs};
 use super::notices::RoutedEvent;
@@ -566,15 +563,7 @@ impl MessageService {
             Some(c) => {
                 let hub = self.relay.hub();
                 for e in events {
-                    let event = Arc::new(UserEvent {
-                        message_id: e.message_id,
-                        inbox_seq: e.inbox_seq,
-                        body: Bytes::from(e.body),
-                        pending: true,
-                        stored_at: Instant::now(),
-                        redelivery: true,
-                    });
-                    hub.push_to_conn(user_id, c, &event);
+                    hub.push_to_conn(user_id, c, &e.into_user_event());
                 }
             }
             // To the user's devices on every node; this node's clock

@@ -140,9 +140,7 @@ impl Relay {
 
     /// Pushes ready events (recalls) to every online device of their users.
     pub async fn push_events(&self, events: Vec<RoutedEvent>) {
-        let mut users: Vec<u64> = events.iter().map(|e| e.user_id).collect();
-        users.sort_unstable();
-        users.dedup();
+        let users = distinct_users(events.iter().map(|e| e.user_id));
         let nodes = match self.locate(&users).await {
             Locations::AllHere => vec![(self.node, users)],
             Locations::Nodes(nodes) => nodes,
@@ -195,12 +193,7 @@ impl Relay {
                 .copied()
                 .filter(|&u| self.hub.is_online(u))
                 .collect(),
-            Locations::Nodes(nodes) => {
-                let mut online: Vec<u64> = nodes.into_iter().flat_map(|(_, u)| u).collect();
-                online.sort_unstable();
-                online.dedup();
-                online
-            }
+            Locations::Nodes(nodes) => distinct_users(nodes.into_iter().flat_map(|(_, u)| u)),
         }
     }
 
@@ -269,22 +262,34 @@ pub fn push_message(
     }
 }
 
-/// Pushes ready events to the users' devices on this node; how many
-/// devices got one.
-pub fn push_events(hub: &DeliveryHub, events: Vec<RoutedEvent>) -> usize {
-    let mut pushed = 0;
+/// Pushes ready events to the users' devices on this node.
+pub fn push_events(hub: &DeliveryHub, events: Vec<RoutedEvent>) {
     for e in events {
-        let event = Arc::new(UserEvent {
-            message_id: e.message_id,
-            inbox_seq: e.inbox_seq,
-            body: Bytes::from(e.body),
-            pending: e.pending,
-            stored_at: Instant::now(),
-            redelivery: e.redelivery,
-        });
-        pushed += hub.push_to_user(e.user_id, &event, None);
+        let user_id = e.user_id;
+        hub.push_to_user(user_id, &e.into_user_event(), None);
     }
-    pushed
+}
+
+impl RoutedEvent {
+    /// The event as this node's connections push it.
+    pub fn into_user_event(self) -> Arc<UserEvent> {
+        Arc::new(UserEvent {
+            message_id: self.message_id,
+            inbox_seq: self.inbox_seq,
+            body: Bytes::from(self.body),
+            pending: self.pending,
+            stored_at: Instant::now(),
+            redelivery: self.redelivery,
+        })
+    }
+}
+
+/// Each user once, sorted (for `binary_search`).
+pub fn distinct_users(users: impl IntoIterator<Item = u64>) -> Vec<u64> {
+    let mut users: Vec<u64> = users.into_iter().collect();
+    users.sort_unstable();
+    users.dedup();
+    users
 }
 
 /// Groups items by the node they go to.
