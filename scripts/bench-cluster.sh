@@ -56,7 +56,8 @@ start_nodes() {
         HERALD_CLUSTER_NAME=$cluster HERALD_NODE_ID=$n \
             HERALD_MONGODB_URI="${HERALD_MONGODB_URI%/*}/$cluster" \
             HERALD_SEND_RATE_PER_SEC=100000 HERALD_SEND_BURST=100000 \
-            HERALD_MAX_CONNECTIONS_PER_USER=100000 HERALD_LOG=warn \
+            HERALD_MAX_CONNECTIONS_PER_USER=100000 HERALD_MAX_CONNECTIONS_PER_ADDRESS=0 HERALD_LOG=warn \
+            HERALD_REGISTRATIONS_PER_HOUR=0 HERALD_LOGIN_MAX_FAILURES=0 \
             "$bin/herald" serve --listen "127.0.0.1:$port" --data-dir "$work/n$n" \
             2>"$work/node$n.log" &
         PIDS+=($!)

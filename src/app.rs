@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -12,15 +13,18 @@ use crate::config::{BackendMode, Config};
 use crate::consumer::ack_cycle::{self, AckConsumer};
 use crate::consumer::session_consumer::SessionConsumer;
 use crate::consumer::{message_listener, run_topic, Consuming};
-use crate::controller::listener::NoDelayAcceptor;
+use crate::controller::admission::{Admission, AdmissionLimits};
+use crate::controller::http_server::{self, HttpOptions};
 use crate::model::IdGenerator;
+use crate::service::accounts::AccountLimits;
 use crate::service::backend::Backends;
+use crate::service::frame_budget::FrameBudget;
 use crate::service::mailbox::{Mailbox, SendWaiters};
 use crate::service::messages::MessageDeps;
 use crate::service::readiness::ConsumerState;
 use crate::service::{
-    AckService, AuthService, DeliveryHub, Directory, LiveConnections, MessageService,
-    RedeliveryTracker, Relay, Services,
+    Accounts, AckService, AuthService, DeliveryHub, Directory, LiveConnections, MessageService,
+    RedeliveryTracker, Relay, Services, Tokens,
 };
 
 /// Events queued between the session consumer and the listener (batches).
@@ -104,6 +108,13 @@ fn wire(cfg: Arc<Config>, backends: Arc<Backends>) -> anyhow::Result<Services> {
         ids.clone(),
         relay.clone(),
     ));
+    let tokens = Arc::new(Tokens::new(auth.clone(), store.clone(), relay.clone()));
+    let accounts = Arc::new(Accounts::new(
+        directory.clone(),
+        tokens.clone(),
+        backends.quotas.clone(),
+        AccountLimits::of(&cfg),
+    ));
     let redelivery = Arc::new(RedeliveryTracker::new(
         Duration::from_millis(cfg.ack_timeout_ms),
         Duration::from_millis(cfg.max_redelivery_wait_ms),
@@ -135,13 +146,20 @@ fn wire(cfg: Arc<Config>, backends: Arc<Backends>) -> anyhow::Result<Services> {
         acks: acks.clone(),
         directory: directory.clone(),
         hub: delivery.clone(),
+        tokens: tokens.clone(),
     });
     relay.attach(mailbox.clone());
     presence.attach(mailbox);
+    let frame_budget = Arc::new(FrameBudget::new(
+        cfg.partial_frame_bytes_per_user,
+        cfg.partial_frame_bytes_total,
+    ));
     Ok(Services {
         config: cfg,
         ids,
         auth,
+        tokens,
+        accounts,
         directory,
         messages,
         acks,
@@ -152,6 +170,7 @@ fn wire(cfg: Arc<Config>, backends: Arc<Backends>) -> anyhow::Result<Services> {
         backends,
         readiness: Arc::default(),
         connections: LiveConnections::default(),
+        frame_budget,
     })
 }
 
@@ -233,8 +252,10 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let listen = cfg.listen.clone();
     let node = Node::start(cfg).await?;
     let app = crate::controller::routes(node.services.clone(), metrics);
-    crate::sys::raise_fd_limit();
-    let acceptor = NoDelayAcceptor::bind(&listen)
+    let fd_limit = crate::sys::raise_fd_limit();
+    let admission = Admission::new(admission_limits(&node.services.config, fd_limit));
+    tracing::info!(limits = ?admission.limits(), "connection limits");
+    let listener = TcpListener::bind(&listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     tracing::info!(%listen, "herald listening");
@@ -248,10 +269,11 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         connections.ask_to_leave();
         tokio::spawn(exit_on_second_signal());
     };
-    poem::Server::new_with_acceptor(acceptor)
-        .run_with_graceful_shutdown(app, stopping, Some(REQUESTS_TIMEOUT))
-        .await
-        .with_context(|| format!("cannot serve on {listen}"))?;
+    let opts = HttpOptions {
+        header_timeout: Duration::from_millis(node.services.config.request_header_timeout_ms),
+        drain_timeout: REQUESTS_TIMEOUT,
+    };
+    http_server::serve(listener, app, admission, opts, stopping).await;
     let connections = &node.services.connections;
     if !connections.all_left(LEAVE_TIMEOUT).await {
         tracing::warn!(
@@ -263,6 +285,28 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     node.stop().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Descriptors kept for everything that is not a client connection: the
+/// stores' files, backend connections, the listener.
+const RESERVED_FDS: u64 = 256;
+
+/// The connection caps: `max_connections`, or when 0, 90 % of the
+/// open-files limit less the reserve (a node out of descriptors cannot
+/// even write its store).
+fn admission_limits(cfg: &Config, fd_limit: Option<u64>) -> AdmissionLimits {
+    let automatic = fd_limit
+        .map(|l| (l / 10 * 9).saturating_sub(RESERVED_FDS).max(64))
+        .unwrap_or(16_384);
+    let total = match cfg.max_connections {
+        0 => usize::try_from(automatic).unwrap_or(usize::MAX),
+        n => n,
+    };
+    AdmissionLimits {
+        total,
+        per_address: cfg.max_connections_per_address,
+        waiting_per_address: cfg.max_waiting_per_address,
+    }
 }
 
 /// A second SIGINT/SIGTERM while stopping exits at once: whoever sends it

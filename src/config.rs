@@ -91,10 +91,24 @@ settings! {
     send_burst: u32 = 100;
     /// Concurrent WebSocket connections per user.
     max_connections_per_user: usize = 16;
-    /// Heart-beat interval the server offers and asks for, in ms (0 = none).
-    heartbeat_ms: u64 = 10_000;
+    /// Shortest heart-beat interval the server agrees to, in ms: a client asking for a longer one gets what it asks (0 = no heart-beats).
+    heartbeat_ms: u64 = 1_000;
     /// Pushes queued per connection before it counts as a slow consumer.
     connection_queue: usize = 1024;
+    /// Open TCP connections (HTTP and WebSocket) in all; 0 = 90 % of the open-files limit less 256.
+    max_connections: usize = 0;
+    /// Open TCP connections per client address (0 = no cap; raise it when many users share an address behind NAT).
+    max_connections_per_address: usize = 4096;
+    /// Connections per client address that have not sent a complete request yet; over it, the oldest is closed.
+    max_waiting_per_address: usize = 1024;
+    /// From accept, or the end of the previous response, to a complete HTTP request head.
+    request_header_timeout_ms: u64 = 10_000;
+    /// A STOMP frame or WebSocket message begun must be complete within this, whatever the heart-beats; so must a write to a client.
+    frame_timeout_ms: u64 = 30_000;
+    /// Bytes of unfinished STOMP frames one user's connections may hold on a node.
+    partial_frame_bytes_per_user: usize = 4 * 1024 * 1024;
+    /// Bytes of unfinished STOMP frames all connections of a node may hold.
+    partial_frame_bytes_total: usize = 64 * 1024 * 1024;
     /// `full` fsyncs each topic log write (acked sends survive power loss); `normal` survives process crashes only.
     durability: String = "full".into();
     /// Most operations grouped into one commit of the documents.
@@ -103,6 +117,16 @@ settings! {
     node_id: u16 = 0;
     /// Most REST requests per second per client address (0 = unlimited).
     http_rate_per_sec: u32 = 0;
+    /// Origins whose browser apps may call the API (comma-separated, `*` for any; empty = same origin only).
+    cors_origins: String = String::new();
+    /// Registrations per client address within an hour (every attempt counts; 0 = no limit).
+    registrations_per_hour: u32 = 10;
+    /// Failed logins for one username within `login_failure_window_ms` before its logins are refused (429) until the window passes; a success resets the count. One client address gets at most 20 failures per window over all usernames (0 = no login throttling at all).
+    login_max_failures: u32 = 5;
+    /// The window of `login_max_failures` and of the per-address failures, from the first failure (15 minutes).
+    login_failure_window_ms: u64 = 900_000;
+    /// Comma-separated CIDRs (or addresses) of reverse proxies whose `X-Forwarded-For` is believed; the client address is then the last entry added before a trusted proxy (empty = the socket's peer).
+    trusted_proxies: String = String::new();
     /// Where documents live: `embedded` (SQLite in the data dir) or `mongodb` (cluster mode).
     store: String = "embedded".into();
     /// MongoDB connection string (a replica set in production); its path names the database, else the cluster name does.
@@ -260,6 +284,22 @@ impl Config {
         if self.send_rate_per_sec == 0 || self.send_burst == 0 {
             return bad("send_rate_per_sec and send_burst must be positive");
         }
+        if self.partial_frame_bytes_per_user < self.max_frame_bytes
+            || self.partial_frame_bytes_total < self.partial_frame_bytes_per_user
+        {
+            return bad(
+                "partial_frame_bytes_per_user must hold a whole frame (max_frame_bytes) \
+                 and partial_frame_bytes_total must be at least partial_frame_bytes_per_user",
+            );
+        }
+        if self.request_header_timeout_ms == 0 || self.frame_timeout_ms == 0 {
+            return bad("request_header_timeout_ms and frame_timeout_ms must be positive");
+        }
+        if self.login_failure_window_ms == 0 {
+            return bad("login_failure_window_ms must be positive");
+        }
+        crate::controller::client_addr::TrustedProxies::parse(&self.trusted_proxies)
+            .map_err(|e| ConfigError::Invalid(format!("trusted_proxies: {e}")))?;
         if self.connection_queue == 0 || self.commit_batch_max == 0 {
             return bad("connection_queue and commit_batch_max must be positive");
         }

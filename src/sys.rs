@@ -1,9 +1,10 @@
 //! Process-level settings made once at start-up.
 
-/// Raises the open-files soft limit to the hard limit: every WebSocket is a
-/// file descriptor, and the usual soft limit of 1024 is far below what one
-/// node serves.
-pub fn raise_fd_limit() {
+/// Raises the open-files soft limit to the hard limit and returns the
+/// limit in force (`None` if it cannot be read): every connection is a file
+/// descriptor, and the usual soft limit of 1024 is far below what one node
+/// serves.
+pub fn raise_fd_limit() -> Option<u64> {
     #[cfg(unix)]
     {
         let mut lim = libc::rlimit {
@@ -11,15 +12,24 @@ pub fn raise_fd_limit() {
             rlim_max: 0,
         };
         // SAFETY: getrlimit/setrlimit only read/write the struct we pass.
-        unsafe {
-            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-                lim.rlim_cur = lim.rlim_max;
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                    tracing::warn!("cannot raise the open-files limit");
-                }
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+            tracing::warn!("cannot read the open-files limit");
+            return None;
+        }
+        let (soft, hard) = (lim.rlim_cur, lim.rlim_max);
+        if soft < hard {
+            lim.rlim_cur = hard;
+            // SAFETY: as above.
+            if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+                tracing::warn!(soft, hard, "cannot raise the open-files limit");
+                return Some(soft);
             }
         }
+        tracing::info!(was = soft, now = lim.rlim_cur, hard, "open-files limit");
+        Some(lim.rlim_cur)
     }
+    #[cfg(not(unix))]
+    None
 }
 
 /// Makes glibc return large freed blocks to the system. Password hashing

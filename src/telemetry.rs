@@ -89,7 +89,75 @@ fn describe() {
         Unit::Seconds,
         "Duration of one group commit"
     );
+    describe_counter!(
+        "herald_login_failures_total",
+        "Logins refused for a wrong username or password"
+    );
+    describe_counter!(
+        "herald_login_throttled_total",
+        "Logins refused with 429, by scope (username or address)"
+    );
+    describe_counter!(
+        "herald_registrations_throttled_total",
+        "Registrations refused with 429 (registrationsPerHour)"
+    );
+    describe_counter!(
+        "herald_tokens_rejected_total",
+        "Tokens refused, by reason (invalid, expired, not_yet_valid, unknown_user, revoked)"
+    );
+    describe_counter!(
+        "herald_tokens_revoked_total",
+        "Revocations, by kind (one: logout, all: logout-all)"
+    );
+    describe_counter!(
+        "herald_connections_revoked_total",
+        "STOMP connections closed because their token was revoked"
+    );
+    describe_counter!(
+        "herald_revocations_unconfirmed_total",
+        "Revocations some node did not confirm in time"
+    );
     describe_gauge!("herald_ws_connections", "Open WebSocket connections");
+    describe_gauge!(
+        "herald_tcp_connections",
+        "Open TCP connections (HTTP and WebSocket)"
+    );
+    describe_counter!(
+        "herald_tcp_connections_refused_total",
+        "Connections refused with 503 at accept, by the cap reached (total, per_address)"
+    );
+    describe_counter!(
+        "herald_tcp_connections_evicted_total",
+        "Connections closed before their first request to make room for new ones"
+    );
+    describe_counter!(
+        "herald_tcp_accept_errors_total",
+        "Failed accepts (e.g. out of file descriptors)"
+    );
+    describe_gauge!(
+        "herald_partial_frame_bytes",
+        "Bytes of unfinished STOMP frames held on this node"
+    );
+    describe_counter!(
+        "herald_partial_frames_refused_total",
+        "Connections closed for passing the unfinished-frame budget"
+    );
+    describe_counter!(
+        "herald_stalled_frames_total",
+        "Connections closed for a frame or WebSocket message not finished in time"
+    );
+    describe_counter!(
+        "herald_stalled_writes_total",
+        "Connections closed because a write to them did not finish in frameTimeoutMs"
+    );
+    describe_counter!(
+        "herald_slow_consumers_total",
+        "Connections closed because they did not read their pushes"
+    );
+    describe_counter!(
+        "herald_dropped_pushes_total",
+        "Pushes not queued to a connection whose queue was full (it is then closed)"
+    );
     describe_gauge!("herald_online_users", "Users with at least one connection");
     describe_gauge!(
         "herald_topic_consumer_lag",

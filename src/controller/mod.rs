@@ -1,9 +1,13 @@
 //! Entry points: the REST API (`rest`), STOMP over WebSocket (`stomp`), and
 //! the operational endpoints (health, readiness, metrics, docs, web client).
 
-pub mod listener;
+pub mod admission;
+pub mod client_addr;
+pub mod http_policy;
+pub mod http_server;
 pub mod rest;
 pub mod stomp;
+mod web_client;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -17,8 +21,10 @@ use poem::{
 };
 use tracing::Instrument;
 
+use crate::error::AppError;
 use crate::service::rate_limit::RateLimiter;
 use crate::service::Services;
+use client_addr::{find_client_addr, ClientAddr, TrustedProxies};
 
 /// The whole HTTP application of one node.
 pub fn routes(services: Services, metrics: PrometheusHandle) -> impl Endpoint<Output = Response> {
@@ -27,15 +33,31 @@ pub fn routes(services: Services, metrics: PrometheusHandle) -> impl Endpoint<Ou
         services.config.http_rate_per_sec.saturating_mul(2),
     ));
     let limited = services.config.http_rate_per_sec > 0;
+    // Validated when the configuration was loaded; should it fail anyway,
+    // no proxy is trusted (every client is its socket's peer).
+    let proxies = Arc::new(
+        TrustedProxies::parse(&services.config.trusted_proxies).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "trusted_proxies is invalid: trusting no proxy");
+            TrustedProxies::default()
+        }),
+    );
     let api = rest::api(services.clone());
     let spec = api.spec_yaml();
+    let policy = Arc::new(http_policy::HttpPolicy {
+        allowed: allowed_methods(&api.spec()),
+        cors: http_policy::CorsOrigins::parse(&services.config.cors_origins),
+    });
     let ui = api.swagger_ui();
     Route::new()
         .nest(
             rest::BASE_PATH,
-            rest::json_errors(api.into_endpoint()).around(move |ep, req| {
+            rest::json_errors(api.into_endpoint()).around(move |ep, mut req| {
                 let limiter = limiter.clone();
-                async move { limit_per_address(limited, &limiter, ep, req).await }
+                let client = find_client_addr(&req, &proxies);
+                if let Some(ip) = client {
+                    req.set_data(ClientAddr(ip));
+                }
+                async move { limit_per_address(limited, &limiter, client, ep, req).await }
             }),
         )
         .at("/ws", get(stomp::ws_endpoint))
@@ -51,10 +73,28 @@ pub fn routes(services: Services, metrics: PrometheusHandle) -> impl Endpoint<Ou
             })),
         )
         .nest("/docs", ui)
-        .at("/", get(web_client))
+        .at("/", get(web_client::page))
         .data(services)
         .data(metrics)
+        .around(move |ep, req| http_policy::apply(policy.clone(), ep, req))
         .around(observe)
+}
+
+/// The methods of every route, for `Allow`.
+fn allowed_methods(spec_json: &str) -> http_policy::AllowedMethods {
+    let mut allowed = http_policy::AllowedMethods::from_openapi(spec_json, rest::BASE_PATH);
+    for path in [
+        "/",
+        "/ws",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/openapi.yaml",
+        "/docs",
+    ] {
+        allowed.add(path, &["GET"]);
+    }
+    allowed
 }
 
 /// A tracing span and the duration histogram for every request.
@@ -76,22 +116,20 @@ async fn observe<E: Endpoint>(ep: Arc<E>, req: Request) -> poem::Result<Response
     resp
 }
 
-/// Per-address REST rate limit (`http_rate_per_sec`, burst twice that).
+/// Per-address REST rate limit (`http_rate_per_sec`, burst twice that),
+/// by the client address.
 async fn limit_per_address<E: Endpoint>(
     enabled: bool,
     limiter: &RateLimiter<IpAddr>,
+    client: Option<IpAddr>,
     ep: Arc<E>,
     req: Request,
 ) -> poem::Result<Response> {
     if enabled {
-        let ip = req.remote_addr().as_socket_addr().map(|a| a.ip());
-        if let Some(ip) = ip {
-            if !limiter.try_acquire(ip) {
-                return Ok(rest::error_response(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "rate_limited",
-                    "too many requests, slow down",
-                ));
+        if let Some(ip) = client {
+            if let Err(wait) = limiter.try_acquire_or_wait(ip) {
+                let refused = AppError::rate_limited("too many requests, slow down", wait);
+                return Ok(rest::error::app_error_response(&refused));
             }
         }
     }
@@ -137,13 +175,6 @@ fn metrics_text(handle: Data<&PrometheusHandle>) -> Response {
     Response::builder()
         .content_type("text/plain; version=0.0.4")
         .body(handle.render())
-}
-
-#[handler]
-fn web_client() -> Response {
-    Response::builder()
-        .content_type("text/html; charset=utf-8")
-        .body(include_str!("../../static/index.html"))
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 //! in the inbox for sync), so one slow phone cannot stall everyone else.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -53,6 +53,8 @@ struct Device {
     conn_id: u64,
     tx: mpsc::Sender<Outbound>,
     kill: Arc<Notify>,
+    /// Set once the connection is found too slow (counted once).
+    slow: Arc<AtomicBool>,
 }
 
 /// What a connection gets when it registers.
@@ -93,6 +95,7 @@ impl DeliveryHub {
             conn_id,
             tx,
             kill: kill.clone(),
+            slow: Arc::default(),
         });
         let online = devices.len();
         drop(devices);
@@ -210,8 +213,11 @@ fn offer(device: &Device, item: Outbound) -> bool {
     match device.tx.try_send(item) {
         Ok(()) => true,
         Err(mpsc::error::TrySendError::Full(_)) => {
-            metrics::counter!("herald_slow_consumers_total").increment(1);
-            device.kill.notify_one();
+            metrics::counter!("herald_dropped_pushes_total").increment(1);
+            if !device.slow.swap(true, Ordering::Relaxed) {
+                metrics::counter!("herald_slow_consumers_total").increment(1);
+                device.kill.notify_one();
+            }
             false
         }
         Err(mpsc::error::TrySendError::Closed(_)) => false,

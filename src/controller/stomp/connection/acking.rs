@@ -5,13 +5,14 @@ use super::*;
 impl Connection {
     pub(super) async fn on_app_ack(&mut self, frame: &Frame) -> Step {
         let user_id = self.session()?.user_id;
-        let parsed = serde_json::from_slice::<StompAckReq>(&frame.body)
+        let parsed = crate::model::dto::from_stomp_body::<StompAckReq>(&frame.body)
             .map_err(|e| AppError::invalid(format!("malformed ack: {e}")))
             .and_then(ack_command);
         let command = match parsed {
             Ok(c) => c,
             Err(e) => {
                 self.reject(e, None);
+                self.receipt_for(frame);
                 return Ok(());
             }
         };
@@ -23,10 +24,11 @@ impl Connection {
             }
         }
         // Applied before answering, so a REST read after the RECEIPT sees it.
-        match self.services.acks.apply(user_id, command).await {
-            Ok(_) => self.receipt_for(frame),
-            Err(e) => self.reject(e, None),
+        if let Err(e) = self.services.acks.apply(user_id, command).await {
+            self.reject(e, None);
         }
+        // Answered either way: a client waiting on the receipt must not hang.
+        self.receipt_for(frame);
         Ok(())
     }
 
@@ -133,15 +135,16 @@ impl Connection {
 }
 
 pub(super) fn ack_command(req: StompAckReq) -> AppResult<AckCommand> {
-    let status = parse_ack_type(&req.ack_type)?;
+    // The fields were checked when the body was parsed (`model::wire`).
+    let status = req.ack_type.status();
     match (req.message_ids, req.session_id) {
         (Some(ids), None) => Ok(AckCommand::Messages {
-            message_ids: parse_message_ids(&ids)?,
+            message_ids: ids.ids().to_vec(),
             status,
         }),
         (None, Some(sid)) if status == InboxStatus::Read => Ok(AckCommand::SessionRead {
-            session_id: parse_id("sessionId", &sid)?,
-            up_to_seq: req.up_to_seq,
+            session_id: sid.get(),
+            up_to_seq: req.up_to_seq.map(|s| s.get()),
         }),
         (None, Some(_)) => Err(AppError::invalid("a session ack must have ackType read")),
         _ => Err(AppError::invalid("give either messageIds or sessionId")),

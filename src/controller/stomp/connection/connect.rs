@@ -17,19 +17,29 @@ impl Connection {
         };
         self.version = version;
         self.decoder.set_version(version);
-        let auth = &self.services.auth;
-        let user = match (
+        let tokens = self.services.tokens.clone();
+        let caller = match (
             frame
                 .header("Authorization")
                 .or(frame.header("authorization")),
             frame.header("passcode"),
         ) {
-            (Some(h), _) => auth.verify_bearer(Some(h)),
-            (None, Some(p)) => auth.verify(p.strip_prefix("Bearer ").unwrap_or(p)),
+            (Some(h), _) => tokens.authenticate_bearer(Some(h)).await,
+            (None, Some(p)) => {
+                tokens
+                    .authenticate(p.strip_prefix("Bearer ").unwrap_or(p))
+                    .await
+            }
             (None, None) => Err(AppError::Unauthenticated("missing token".into())),
         };
-        let user_id =
-            user.map_err(|e| Fatal::new(format!("authentication failed: {e}"), Some(frame)))?;
+        let refused = |e: AppError| Fatal::new(format!("authentication failed: {e}"), Some(frame));
+        let caller = caller.map_err(refused)?;
+        // Watched from here on; a revocation that came between the check
+        // above and the watch is caught by checking once more (from the
+        // cache, unless that revocation emptied it).
+        let token = tokens.watch(&caller);
+        tokens.check(caller).await.map_err(refused)?;
+        let user_id = caller.user_id;
         let max = self.services.config.max_connections_per_user;
         let admitted = self
             .services
@@ -60,8 +70,12 @@ impl Connection {
             counter: 0,
             send_every: (send_ms > 0).then(|| Duration::from_millis(send_ms)),
             expect_every: (expect_ms > 0).then(|| Duration::from_millis(expect_ms)),
+            token,
         });
         self.pending_registration = Some((registration.rx, registration.kill));
+        if let Some(t) = &self.ticket {
+            t.unlimit_reads();
+        }
         let connected = Frame::new(Command::Connected)
             .with_header("version", version.as_str())
             .with_header("heart-beat", format!("{send_ms},{expect_ms}"))

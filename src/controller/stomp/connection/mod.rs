@@ -15,15 +15,16 @@ use futures_util::{SinkExt, StreamExt};
 use poem::web::websocket::{CloseCode, Message, WebSocketStream};
 use tokio::sync::{mpsc, Notify};
 
+use super::super::admission::Ticket;
 use super::destination::{self, SendTarget, SubscribeTarget, TopicName};
 use super::frames;
 use crate::error::{AppError, AppResult};
 use crate::model::dto::{SendAck, SendErrorVo, SendReq, StompAckReq};
-use crate::model::{parse_id, AckCommand, InboxStatus};
-use crate::service::acks::{parse_ack_type, parse_message_ids};
+use crate::model::{AckCommand, InboxStatus};
 use crate::service::connections::LiveConnection;
 use crate::service::delivery::{Broadcast, Outbound, UserEvent};
 use crate::service::redelivery::Verdict;
+use crate::service::tokens::TokenWatch;
 use crate::service::Services;
 use crate::stomp::{
     encode_to_vec, negotiate_heart_beat, parse_heart_beat, Command, Decoded, Decoder, Frame,
@@ -32,6 +33,7 @@ use crate::stomp::{
 
 mod acking;
 mod connect;
+mod limits;
 mod outbound;
 mod sending;
 mod subscriptions;
@@ -48,7 +50,7 @@ const MAX_TX_FRAMES: usize = 1024;
 const WRITE_BATCH: usize = 64;
 
 type Sink = SplitSink<WebSocketStream, Message>;
-type InFlight = BoxFuture<'static, (Option<String>, String, AppResult<SendAck>)>;
+type InFlight = BoxFuture<'static, (Option<String>, Option<String>, AppResult<SendAck>)>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum AckMode {
@@ -87,6 +89,8 @@ struct Session {
     counter: u64,
     send_every: Option<Duration>,
     expect_every: Option<Duration>,
+    /// The token it connected with, watched for revocation.
+    token: TokenWatch,
 }
 
 /// A fatal protocol error: sent as `ERROR`, then the connection closes.
@@ -128,18 +132,51 @@ struct Connection {
     heartbeat_due: bool,
     /// Set by CONNECT, taken by the connection loop.
     pending_registration: Option<(mpsc::Receiver<Outbound>, Arc<Notify>)>,
+    /// The socket's admission ticket (absent when served without our
+    /// listener, in in-process tests).
+    ticket: Option<Arc<Ticket>>,
+    /// Socket bytes read when the last WebSocket message was complete.
+    bytes_at_last_message: u64,
+    partial: PartialFrame,
+    /// The WebSocket layer failed: its stream must not be read again (it
+    /// would go on buffering the refused message).
+    stream_failed: bool,
+    /// A write failed or never finished: the socket is dropped unclosed.
+    write_failed: bool,
+}
+
+/// The unfinished frame the decoder holds, as charged to the budget.
+#[derive(Default)]
+struct PartialFrame {
+    /// Bytes charged, and to whom (0 before CONNECT).
+    held: usize,
+    owner: u64,
+    /// When the decoder started holding it.
+    since: Option<Instant>,
 }
 
 /// Why a stopping node closes its connections (WebSocket close reason).
 const LEAVING_REASON: &str = "server shutting down";
 /// How long a closing connection waits for the client's close frame.
 const CLOSE_HANDSHAKE: Duration = Duration::from_secs(1);
+/// How long a connection whose input is discarded reads on before closing.
+const DISCARD_LINGER: Duration = Duration::from_secs(5);
 
-pub async fn serve(socket: WebSocketStream, services: Services, live: LiveConnection) {
+pub async fn serve(
+    socket: WebSocketStream,
+    services: Services,
+    live: LiveConnection,
+    ticket: Option<Arc<Ticket>>,
+) {
     let (sink, mut stream) = socket.split();
-    let mut conn = Connection::new(services, sink);
+    let frame_timeout = Duration::from_millis(services.config.frame_timeout_ms);
+    let mut conn = Connection::new(services, sink, ticket);
+    let stall_check = tokio::time::sleep(frame_timeout);
+    tokio::pin!(stall_check);
     let mut outbound: Option<mpsc::Receiver<Outbound>> = None;
     let mut kill: Arc<Notify> = Arc::new(Notify::new());
+    // Fired when the connection's token is revoked (set at CONNECT).
+    let mut revoked: Arc<Notify> = Arc::new(Notify::new());
     let connect_deadline = tokio::time::sleep(super::CONNECT_TIMEOUT);
     tokio::pin!(connect_deadline);
     let mut heartbeat: Option<tokio::time::Interval> = None;
@@ -148,6 +185,7 @@ pub async fn serve(socket: WebSocketStream, services: Services, live: LiveConnec
         let connected = conn.session.is_some();
         let step = tokio::select! {
             _ = kill.notified() => Err(Fatal::new("slow consumer: too many undelivered messages", None)),
+            _ = revoked.notified() => Err(Fatal::new("token revoked", None)),
             _ = &mut connect_deadline, if !connected => Err(Fatal::new("no CONNECT frame in time", None)),
             _ = live.asked_to_leave(), if !conn.leaving => {
                 conn.leaving = true;
@@ -156,9 +194,19 @@ pub async fn serve(socket: WebSocketStream, services: Services, live: LiveConnec
             msg = stream.next(), if conn.in_flight.len() < MAX_IN_FLIGHT && conn.disconnect_receipt.is_none() && !conn.leaving => {
                 match msg {
                     Some(Ok(m)) => conn.on_ws_message(m).await,
-                    _ => break,
+                    Some(Err(e)) => {
+                        conn.stream_failed = true;
+                        match refused_message(&e, conn.services.config.max_frame_bytes) {
+                            Some(fatal) => Err(fatal),
+                            None => break,
+                        }
+                    }
+                    None => break,
                 }
             }
+            _ = &mut stall_check => conn.check_stall(frame_timeout).map(|next| {
+                stall_check.as_mut().reset(next.into());
+            }),
             item = recv_opt(&mut outbound) => match item {
                 Some(first) => conn.on_outbound(first, outbound.as_mut()),
                 None => break,
@@ -186,7 +234,18 @@ pub async fn serve(socket: WebSocketStream, services: Services, live: LiveConnec
             // A leaving connection goes once every send it read is answered.
             conn.closing |= conn.leaving;
         }
-        if conn.flush().await.is_err() {
+        // A client that stops reading blocks the write: it is given up when
+        // found slow (its queue filled meanwhile) or after `frame_timeout`.
+        let flushed = tokio::select! {
+            r = conn.flush() => r.is_ok(),
+            _ = kill.notified() => false,
+            _ = tokio::time::sleep(frame_timeout) => {
+                metrics::counter!("herald_stalled_writes_total").increment(1);
+                false
+            }
+        };
+        if !flushed {
+            conn.write_failed = true;
             break;
         }
         // Registration happens inside CONNECT handling; pick up its channels.
@@ -194,26 +253,62 @@ pub async fn serve(socket: WebSocketStream, services: Services, live: LiveConnec
             if let Some((rx, k)) = conn.take_registration() {
                 outbound = Some(rx);
                 kill = k;
+                if let Some(s) = &conn.session {
+                    revoked = s.token.signal();
+                }
                 heartbeat = conn.heartbeat_interval();
             }
         }
     }
     conn.cleanup();
-    close(conn.sink, stream, conn.leaving).await;
+    if conn.write_failed {
+        // Nothing more can be written; dropping the socket closes it.
+        return;
+    }
+    let mut linger = CLOSE_HANDSHAKE;
+    if conn.stream_failed {
+        if let Some(t) = &conn.ticket {
+            t.discard_input();
+            // The client may still be sending what was refused.
+            linger = DISCARD_LINGER;
+        }
+    }
+    close(conn.sink, stream, conn.leaving, linger).await;
 }
 
-/// Closes the WebSocket: with 1001 (going away) if the node is stopping.
-async fn close(mut sink: Sink, mut stream: SplitStream<WebSocketStream>, leaving: bool) {
-    if leaving {
-        let away = Message::Close(Some((CloseCode::Away, LEAVING_REASON.into())));
-        let _ = sink.send(away).await;
-    }
-    let _ = sink.close().await;
-    // Read (and drop) what the client still sends until it answers our
-    // close: a socket closed with unread input is reset, and the reset can
-    // destroy our close frame, or an ERROR, on its way to the client.
-    let answered = async { while let Some(Ok(_)) = stream.next().await {} };
-    let _ = tokio::time::timeout(CLOSE_HANDSHAKE, answered).await;
+/// The ERROR for a message the WebSocket layer refused as too large (any
+/// other failure of the stream just ends the connection).
+fn refused_message(e: &std::io::Error, max_frame: usize) -> Option<Fatal> {
+    // poem passes tungstenite's capacity errors on as text only.
+    let text = e.to_string();
+    text.contains("Message too long").then(|| {
+        Fatal::new(
+            format!("frame too large: at most {max_frame} bytes ({text})"),
+            None,
+        )
+    })
+}
+
+/// Closes the WebSocket: with 1001 (going away) if the node is stopping;
+/// all of it within `linger`, whatever the client does.
+async fn close(
+    mut sink: Sink,
+    mut stream: SplitStream<WebSocketStream>,
+    leaving: bool,
+    linger: Duration,
+) {
+    let handshake = async {
+        if leaving {
+            let away = Message::Close(Some((CloseCode::Away, LEAVING_REASON.into())));
+            let _ = sink.send(away).await;
+        }
+        let _ = sink.close().await;
+        // Read (and drop) what the client still sends until it answers our
+        // close: a socket closed with unread input is reset, and the reset
+        // can destroy our close frame, or an ERROR, on its way to the client.
+        while let Some(Ok(_)) = stream.next().await {}
+    };
+    let _ = tokio::time::timeout(linger, handshake).await;
 }
 
 async fn recv_opt(rx: &mut Option<mpsc::Receiver<Outbound>>) -> Option<Outbound> {
@@ -233,7 +328,7 @@ async fn tick_opt(i: &mut Option<tokio::time::Interval>) {
 }
 
 impl Connection {
-    fn new(services: Services, sink: Sink) -> Connection {
+    fn new(services: Services, sink: Sink, ticket: Option<Arc<Ticket>>) -> Connection {
         let limits = Limits {
             max_frame_bytes: services.config.max_frame_bytes,
             max_headers: services.config.max_frame_headers,
@@ -256,11 +351,19 @@ impl Connection {
             leaving: false,
             heartbeat_due: false,
             pending_registration: None,
+            bytes_at_last_message: ticket.as_ref().map_or(0, |t| t.bytes_read()),
+            ticket,
+            partial: PartialFrame::default(),
+            stream_failed: false,
+            write_failed: false,
         }
     }
 
     async fn on_ws_message(&mut self, msg: Message) -> Step {
         self.last_read = Instant::now();
+        if let Some(t) = &self.ticket {
+            self.bytes_at_last_message = t.bytes_read();
+        }
         match msg {
             Message::Text(t) => {
                 self.binary = false;
@@ -288,7 +391,7 @@ impl Connection {
             }
         }
         self.decoder.shrink_if_idle();
-        Ok(())
+        self.charge_partial_frame()
     }
 
     async fn on_frame(&mut self, frame: Frame) -> Step {
@@ -368,6 +471,7 @@ impl Connection {
     // ----- CONNECT -----
 
     fn cleanup(&mut self) {
+        self.release_partial_frame();
         if let Some(s) = self.session.take() {
             for sub in s.subs.values() {
                 if let SubscribeTarget::Topic(t) = &sub.target {

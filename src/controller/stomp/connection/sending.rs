@@ -23,15 +23,16 @@ impl Connection {
             (s.user_id, s.conn_id)
         };
         let receipt = frame.header("receipt").map(str::to_string);
-        let req: SendReq = match serde_json::from_slice(&frame.body) {
+        let req: SendReq = match crate::model::dto::from_stomp_body(&frame.body) {
             Ok(r) => r,
             Err(e) => {
                 let cmid = client_message_id_of(&frame.body);
-                self.reject(AppError::invalid(format!("malformed SendReq: {e}")), cmid);
+                let e = AppError::invalid(format!("malformed SendReq: {e}"));
+                self.reject_in_order(receipt, cmid, e);
                 return Ok(());
             }
         };
-        let cmid = req.client_message_id.clone();
+        let cmid = req.client_message_id.to_string();
         match self
             .services
             .messages
@@ -39,18 +40,27 @@ impl Connection {
             .await
         {
             Ok(pending) => {
-                self.in_flight
-                    .push_back(Box::pin(async move { (receipt, cmid, pending.await) }));
+                self.in_flight.push_back(Box::pin(
+                    async move { (receipt, Some(cmid), pending.await) },
+                ));
             }
-            Err(e) => self.reject(e, Some(cmid)),
+            Err(e) => self.reject_in_order(receipt, Some(cmid), e),
         }
         Ok(())
+    }
+
+    /// A SEND rejected before it reached the pipeline is answered in its
+    /// place: after the sends read before it, and with its RECEIPT (a
+    /// client waiting on the receipt must not hang).
+    fn reject_in_order(&mut self, receipt: Option<String>, cmid: Option<String>, e: AppError) {
+        self.in_flight
+            .push_back(Box::pin(std::future::ready((receipt, cmid, Err(e)))));
     }
 
     pub(super) fn on_send_done(
         &mut self,
         receipt: Option<String>,
-        cmid: String,
+        cmid: Option<String>,
         result: AppResult<SendAck>,
     ) {
         match result {
@@ -62,11 +72,11 @@ impl Connection {
                         Bytes::from(body),
                     );
                 }
-                if let Some(r) = receipt {
-                    self.outgoing.push(frames::receipt(&r));
-                }
             }
-            Err(e) => self.reject(e, Some(cmid)),
+            Err(e) => self.reject(e, cmid),
+        }
+        if let Some(r) = receipt {
+            self.outgoing.push(frames::receipt(&r));
         }
     }
 
