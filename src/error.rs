@@ -18,8 +18,13 @@ pub enum AppError {
     Conflict(String),
     #[error("{0}")]
     PayloadTooLarge(String),
-    #[error("{0}")]
-    RateLimited(String),
+    /// Too many requests: try again after `retry_after` (sent as
+    /// `Retry-After`, in whole seconds, at least 1).
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        retry_after: std::time::Duration,
+    },
     #[error("{0}")]
     Unavailable(String),
 }
@@ -34,7 +39,7 @@ impl AppError {
             AppError::NotFound(_) => "not_found",
             AppError::Conflict(_) => "conflict",
             AppError::PayloadTooLarge(_) => "payload_too_large",
-            AppError::RateLimited(_) => "rate_limited",
+            AppError::RateLimited { .. } => "rate_limited",
             AppError::Unavailable(_) => "unavailable",
         }
     }
@@ -48,7 +53,7 @@ impl AppError {
             AppError::NotFound(_) => 404,
             AppError::Conflict(_) => 409,
             AppError::PayloadTooLarge(_) => 413,
-            AppError::RateLimited(_) => 429,
+            AppError::RateLimited { .. } => 429,
             AppError::Unavailable(_) => 503,
         }
     }
@@ -62,6 +67,27 @@ impl AppError {
     pub fn not_found(msg: impl Into<String>) -> Self {
         AppError::NotFound(msg.into())
     }
+    pub fn rate_limited(msg: impl Into<String>, retry_after: std::time::Duration) -> Self {
+        AppError::RateLimited {
+            message: msg.into(),
+            retry_after,
+        }
+    }
+
+    /// The `Retry-After` of a rate-limited request: whole seconds, rounded
+    /// up, at least 1 (a client told 0 would retry at once).
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            AppError::RateLimited { retry_after, .. } => Some(retry_after_secs(*retry_after)),
+            _ => None,
+        }
+    }
+}
+
+/// `wait` as a `Retry-After` value: whole seconds, rounded up, at least 1.
+pub fn retry_after_secs(wait: std::time::Duration) -> u64 {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    secs.max(1)
 }
 
 /// Failures of a backend. Each adapter boxes its driver's error with its

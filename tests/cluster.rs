@@ -457,3 +457,88 @@ async fn a_broker_killed_during_traffic_loses_nothing() {
     })
     .await;
 }
+
+/// The ERROR frame a revoked token's connection gets, then the close.
+async fn expect_token_revoked(c: &mut Stomp) {
+    let f = c.recv_error(WAIT).await;
+    assert_eq!(f.header("message"), Some("token revoked"), "{f:?}");
+    assert!(c.wait_closed(WAIT).await, "closed after the ERROR");
+}
+
+#[tokio::test]
+#[ignore = "needs scripts/services.sh up (cluster services)"]
+async fn a_logout_on_one_node_holds_on_every_node_at_once() {
+    let cluster = Cluster::start(2);
+    let _logs = cluster.guards();
+    let (a, b) = (cluster.api(0), cluster.api(1));
+    let alice = a.new_user().await;
+    let on_b = b.login(&alice.username, &alice.password).await;
+    let second = on_b.expect(200, "login on b")["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Node b checked the token (and cached alice's revocations).
+    let me = format!("{API}/users/me");
+    b.get(&me, Some(&alice.token)).await.expect(200, "on b");
+    let mut conn_b = Stomp::connect(cluster.nodes[1].port(), &alice.token).await;
+    let mut second_b = Stomp::connect(cluster.nodes[1].port(), &second).await;
+
+    a.post_empty(&format!("{API}/auth/logout"), Some(&alice.token))
+        .await
+        .expect(204, "logout on a");
+    // The very next request on node b refuses it: b's cache was told.
+    b.get(&me, Some(&alice.token)).await.expect_error(
+        401,
+        "unauthenticated",
+        "the revoked token on b",
+    );
+    expect_token_revoked(&mut conn_b).await;
+    let mut again = Stomp::open(cluster.nodes[1].port()).await;
+    let auth = format!("Bearer {}", alice.token);
+    let f = again
+        .send_connect(&[("Authorization", auth.as_str())])
+        .await;
+    assert_eq!(f.command, herald::stomp::Command::Error, "{f:?}");
+    // The other token lives on, until a logout-all on node a.
+    b.get(&me, Some(&second))
+        .await
+        .expect(200, "the other token");
+    a.post_empty(&format!("{API}/auth/logout-all"), Some(&second))
+        .await
+        .expect(204, "logout-all on a");
+    b.get(&me, Some(&second))
+        .await
+        .expect_error(401, "unauthenticated", "after logout-all, on b");
+    expect_token_revoked(&mut second_b).await;
+    let fresh = b.login(&alice.username, &alice.password).await;
+    let fresh = fresh.expect(200, "a login after logout-all")["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    a.get(&me, Some(&fresh))
+        .await
+        .expect(200, "the new token on a");
+}
+
+#[tokio::test]
+#[ignore = "needs scripts/services.sh up (cluster services)"]
+async fn login_failures_count_over_every_node() {
+    let cluster = Cluster::start_with(2, &[("HERALD_LOGIN_MAX_FAILURES", "4")]);
+    let _logs = cluster.guards();
+    let alice = cluster.api(0).new_user().await;
+    for i in 0..4 {
+        cluster
+            .api(i % 2)
+            .login(&alice.username, "wrong-password")
+            .await
+            .expect_error(401, "unauthenticated", "a wrong password");
+    }
+    for node in 0..2 {
+        let r = cluster
+            .api(node)
+            .login(&alice.username, &alice.password)
+            .await;
+        r.expect_error(429, "rate_limited", "throttled on every node");
+        r.retry_after();
+    }
+}

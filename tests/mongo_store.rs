@@ -1107,3 +1107,41 @@ async fn big_batches_are_stored_whole() {
     assert_eq!(list[0].unread_count, 98);
     drop_database(&db).await;
 }
+
+#[tokio::test]
+#[ignore = "needs scripts/services.sh up (MongoDB)"]
+async fn token_numbers_are_taken_in_order_and_revocations_kept() {
+    use herald::service::backend::{AuthState, RevokedToken};
+    let (store, db) = open().await;
+    users(&store, [5]).await;
+    assert_eq!(store.auth_state(6).await.unwrap(), None, "no such user");
+    assert_eq!(store.next_token_number(6).await.unwrap(), None);
+    assert_eq!(
+        store.auth_state(5).await.unwrap(),
+        Some(AuthState::default())
+    );
+    // Taken at once, each number once.
+    let taken = futures_util::future::join_all((0..8).map(|_| store.next_token_number(5))).await;
+    let mut taken: Vec<u64> = taken.into_iter().map(|n| n.unwrap().unwrap()).collect();
+    taken.sort_unstable();
+    assert_eq!(taken, (1..=8).collect::<Vec<u64>>());
+    let old = RevokedToken {
+        number: 1,
+        expires_at_ms: 100,
+    };
+    let live = RevokedToken {
+        number: 3,
+        expires_at_ms: 10_000,
+    };
+    store.revoke_token(5, old, 50).await.unwrap();
+    store.revoke_token(5, live, 200).await.unwrap();
+    let state = store.auth_state(5).await.unwrap().unwrap();
+    assert_eq!(state.revoked, vec![live], "the expired entry went");
+    store.revoke_tokens_before(5, 4).await.unwrap();
+    store.revoke_tokens_before(5, 2).await.unwrap();
+    let state = store.auth_state(5).await.unwrap().unwrap();
+    assert_eq!(state.revoked_before, 4, "never lowered");
+    assert!(state.revoked.is_empty(), "covered by revoked_before");
+    assert_eq!(store.next_token_number(5).await.unwrap(), Some(9));
+    drop_database(&db).await;
+}

@@ -35,7 +35,9 @@
 // Herald applies a per-user send rate limit (default 50 msg/s, burst 100)
 // and a per-user connection limit; for load tests start it with e.g.
 // HERALD_SEND_RATE_PER_SEC=100000 HERALD_SEND_BURST=100000
-// HERALD_MAX_CONNECTIONS_PER_USER=100000.
+// HERALD_MAX_CONNECTIONS_PER_USER=100000, and (it registers and logs in
+// every user from one address) HERALD_REGISTRATIONS_PER_HOUR=0
+// HERALD_LOGIN_MAX_FAILURES=0.
 
 import { parseArgs } from 'node:util';
 import { performance } from 'node:perf_hooks';

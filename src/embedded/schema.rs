@@ -74,6 +74,18 @@ CREATE INDEX IF NOT EXISTS inbox_by_session ON inbox(user_id, session_id, seq);
 CREATE TABLE IF NOT EXISTS applied_positions(
     consumer TEXT PRIMARY KEY,
     position INTEGER NOT NULL) WITHOUT ROWID;
+-- Each user's last token issue number, and the numbers below
+-- `revoked_before` are revoked (logout-all); see `service::tokens`.
+CREATE TABLE IF NOT EXISTS user_tokens(
+    user_id INTEGER PRIMARY KEY,
+    issued INTEGER NOT NULL,
+    revoked_before INTEGER NOT NULL);
+-- Tokens revoked one by one (logout), kept until they expire.
+CREATE TABLE IF NOT EXISTS revoked_tokens(
+    user_id INTEGER NOT NULL,
+    number INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    PRIMARY KEY(user_id, number)) WITHOUT ROWID;
 "#;
 
 /// Small pages: the hot writes are small index entries scattered over many

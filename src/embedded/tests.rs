@@ -596,3 +596,47 @@ async fn members_added_right_after_creation_list_after_the_first_ones() {
     let members = store.group(9).await.unwrap().unwrap().member_ids;
     assert_eq!(members, vec![5, 7, 3, 4, 1], "in the order they joined");
 }
+
+#[tokio::test]
+async fn token_numbers_are_taken_in_order_and_revocations_kept() {
+    use crate::model::User;
+    use crate::service::backend::{AuthState, RevokedToken};
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path());
+    let store = SqliteStore::new(&db.documents);
+    let user = User {
+        user_id: 5,
+        username: "tokens".into(),
+        nickname: "T".into(),
+        password_hash: "hash".into(),
+        created_at: 1,
+    };
+    assert!(store.create_user(user).await.unwrap());
+    assert_eq!(store.auth_state(6).await.unwrap(), None, "no such user");
+    assert_eq!(store.next_token_number(6).await.unwrap(), None);
+    assert_eq!(
+        store.auth_state(5).await.unwrap(),
+        Some(AuthState::default())
+    );
+    for n in 1..=3 {
+        assert_eq!(store.next_token_number(5).await.unwrap(), Some(n));
+    }
+    let old = RevokedToken {
+        number: 1,
+        expires_at_ms: 100,
+    };
+    let live = RevokedToken {
+        number: 3,
+        expires_at_ms: 10_000,
+    };
+    store.revoke_token(5, old, 50).await.unwrap();
+    store.revoke_token(5, live, 200).await.unwrap();
+    let state = store.auth_state(5).await.unwrap().unwrap();
+    assert_eq!(state.revoked, vec![live], "the expired entry went");
+    store.revoke_tokens_before(5, 4).await.unwrap();
+    store.revoke_tokens_before(5, 2).await.unwrap();
+    let state = store.auth_state(5).await.unwrap().unwrap();
+    assert_eq!(state.revoked_before, 4, "never lowered");
+    assert!(state.revoked.is_empty(), "covered by revoked_before");
+    assert_eq!(store.next_token_number(5).await.unwrap(), Some(4));
+}

@@ -1,9 +1,12 @@
-//! Passwords (argon2id) and tokens (HS256 JWTs with expiry).
+//! Passwords (argon2id) and tokens (HS256 JWTs with expiry). A token
+//! carries its user's issue number (`jti`): the user's record says which
+//! numbers are revoked (see `tokens`).
 
 use argon2::password_hash::{
     rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
 };
 use argon2::Argon2;
+use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
@@ -17,6 +20,25 @@ struct Claims {
     /// Expiry, seconds since the epoch.
     exp: u64,
     iat: u64,
+    /// Not valid before (seconds since the epoch); Herald issues none, but
+    /// honours it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    nbf: Option<u64>,
+    /// The user's issue number of the token, as a decimal string. Tokens
+    /// from before numbers existed have none and count as number 0, which
+    /// any logout-all revokes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    jti: Option<String>,
+}
+
+/// Who a validly signed, unexpired token speaks for, and which token it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    pub user_id: u64,
+    /// The token's issue number among the user's tokens.
+    pub token_number: u64,
+    /// When the token expires, ms since the epoch.
+    pub expires_at_ms: i64,
 }
 
 pub struct AuthService {
@@ -43,6 +65,7 @@ impl AuthService {
     pub fn new(secret: &[u8], ttl_secs: u64) -> AppResult<AuthService> {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 5;
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
         let dummy_hash = hash_password_blocking("herald-timing-equalizer")?;
         Ok(AuthService {
@@ -89,13 +112,16 @@ impl AuthService {
         ok && known
     }
 
-    pub fn issue(&self, user_id: u64) -> AppResult<IssuedToken> {
+    /// Signs token `number` (the user's issue number) for `user_id`.
+    pub fn issue(&self, user_id: u64, number: u64) -> AppResult<IssuedToken> {
         let now = (now_ms() / 1000) as u64;
         let exp = now + self.ttl_secs;
         let claims = Claims {
             sub: user_id.to_string(),
             exp,
             iat: now,
+            nbf: None,
+            jti: Some(number.to_string()),
         };
         let token = encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|e| AppError::Unavailable(format!("cannot sign token: {e}")))?;
@@ -105,18 +131,38 @@ impl AuthService {
         })
     }
 
-    /// The user id of a valid, unexpired token.
-    pub fn verify(&self, token: &str) -> AppResult<u64> {
-        let data = decode::<Claims>(token.trim(), &self.decoding, &self.validation)
-            .map_err(|e| AppError::Unauthenticated(format!("invalid token: {e}")))?;
-        data.claims
-            .sub
-            .parse::<u64>()
-            .map_err(|_| AppError::Unauthenticated("invalid token subject".into()))
+    /// The caller of a validly signed token within its validity (`nbf` to
+    /// `exp`). Whether its user exists and the token is not revoked is for
+    /// `Tokens::authenticate` to say. The messages never show the JWT
+    /// library's own (they named its internals).
+    pub fn verify(&self, token: &str) -> AppResult<Caller> {
+        let data =
+            decode::<Claims>(token.trim(), &self.decoding, &self.validation).map_err(|e| {
+                let (reason, message) = match e.kind() {
+                    ErrorKind::ExpiredSignature => ("expired", "token expired"),
+                    ErrorKind::ImmatureSignature => ("not_yet_valid", "token not yet valid"),
+                    _ => ("invalid", "invalid token"),
+                };
+                tracing::debug!(error = %e, "token refused");
+                rejected(reason, message)
+            })?;
+        let claims = data.claims;
+        let user_id =
+            parse_decimal(&claims.sub).ok_or_else(|| rejected("invalid", "invalid token"))?;
+        let token_number = match claims.jti.as_deref() {
+            None => 0,
+            Some(jti) => parse_decimal(jti).ok_or_else(|| rejected("invalid", "invalid token"))?,
+        };
+        Ok(Caller {
+            user_id,
+            token_number,
+            expires_at_ms: i64::try_from(claims.exp.saturating_mul(1000)).unwrap_or(i64::MAX),
+        })
     }
 
-    /// The user id of an `Authorization` header value (`Bearer <token>`).
-    pub fn verify_bearer(&self, header: Option<&str>) -> AppResult<u64> {
+    /// The token of an `Authorization` header value (`Bearer <token>`),
+    /// verified as [`AuthService::verify`] does.
+    pub fn verify_bearer(&self, header: Option<&str>) -> AppResult<Caller> {
         let header = header
             .ok_or_else(|| AppError::Unauthenticated("missing Authorization header".into()))?;
         let token = header
@@ -127,6 +173,20 @@ impl AuthService {
             })?;
         self.verify(token)
     }
+}
+
+/// A refused token, counted by why.
+pub(crate) fn rejected(reason: &'static str, message: &str) -> AppError {
+    metrics::counter!("herald_tokens_rejected_total", "reason" => reason).increment(1);
+    AppError::Unauthenticated(message.to_string())
+}
+
+/// A claim of decimal digits (no sign, no spaces).
+fn parse_decimal(s: &str) -> Option<u64> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
 }
 
 fn hash_password_blocking(password: &str) -> AppResult<String> {
@@ -141,16 +201,25 @@ fn hash_password_blocking(password: &str) -> AppResult<String> {
 mod tests {
     use super::*;
 
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    fn sign(auth: &AuthService, header: &Header, claims: &serde_json::Value) -> String {
+        encode(header, claims, &auth.encoding).unwrap()
+    }
+
+    fn now_secs() -> u64 {
+        (now_ms() / 1000) as u64
+    }
+
     #[tokio::test]
     async fn tokens_round_trip_and_reject_tampering() {
-        let auth = AuthService::new(b"0123456789abcdef0123456789abcdef", 60).unwrap();
-        let t = auth.issue(42).unwrap();
-        assert_eq!(auth.verify(&t.token).unwrap(), 42);
-        assert_eq!(
-            auth.verify_bearer(Some(&format!("Bearer {}", t.token)))
-                .unwrap(),
-            42
-        );
+        let auth = AuthService::new(SECRET, 60).unwrap();
+        let t = auth.issue(42, 7).unwrap();
+        let caller = auth.verify(&t.token).unwrap();
+        assert_eq!((caller.user_id, caller.token_number), (42, 7));
+        assert_eq!(caller.expires_at_ms, t.expires_at_ms);
+        let bearer = auth.verify_bearer(Some(&format!("Bearer {}", t.token)));
+        assert_eq!(bearer.unwrap(), caller);
         let other = AuthService::new(b"another-secret-another-secret-xx", 60).unwrap();
         assert!(other.verify(&t.token).is_err());
         assert!(auth.verify("garbage").is_err());
@@ -159,20 +228,58 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn expired_tokens_are_rejected() {
-        let auth = AuthService::new(b"0123456789abcdef0123456789abcdef", 0).unwrap();
-        let claims = Claims {
-            sub: "7".into(),
-            exp: 1_000,
-            iat: 900,
+    async fn expired_and_immature_tokens_are_refused_by_name() {
+        let auth = AuthService::new(SECRET, 0).unwrap();
+        let header = Header::new(Algorithm::HS256);
+        let expired = sign(
+            &auth,
+            &header,
+            &serde_json::json!({"sub": "7", "exp": 1000, "iat": 900}),
+        );
+        assert_eq!(
+            auth.verify(&expired).unwrap_err().to_string(),
+            "token expired"
+        );
+        let later = now_secs() + 3600;
+        let immature =
+            serde_json::json!({"sub": "7", "exp": later + 60, "iat": now_secs(), "nbf": later});
+        let err = auth.verify(&sign(&auth, &header, &immature)).unwrap_err();
+        assert_eq!(err.to_string(), "token not yet valid");
+        let legacy = serde_json::json!({"sub": "7", "exp": later, "iat": now_secs()});
+        let caller = auth.verify(&sign(&auth, &header, &legacy)).unwrap();
+        assert_eq!(caller.token_number, 0, "a token without jti is number 0");
+    }
+
+    #[tokio::test]
+    async fn messages_never_show_library_internals() {
+        let auth = AuthService::new(SECRET, 60).unwrap();
+        let b64 = |v: &str| {
+            use base64::Engine;
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v)
         };
-        let token = encode(&Header::new(Algorithm::HS256), &claims, &auth.encoding).unwrap();
-        assert!(auth.verify(&token).is_err());
+        let exp = now_secs() + 60;
+        let body = b64(&format!(r#"{{"sub":"7","exp":{exp},"iat":1}}"#));
+        let unsigned = format!("{}.{body}.", b64(r#"{"alg":"none","typ":"JWT"}"#));
+        let numbered = serde_json::json!({"sub": "7", "exp": exp, "iat": 1, "jti": "x1"});
+        let bad_jti = sign(&auth, &Header::new(Algorithm::HS256), &numbered);
+        let bad_sub = serde_json::json!({"sub": "-7", "exp": exp, "iat": 1});
+        let bad_sub = sign(&auth, &Header::new(Algorithm::HS256), &bad_sub);
+        for token in [
+            unsigned.as_str(),
+            "a.b.c",
+            "",
+            bad_jti.as_str(),
+            bad_sub.as_str(),
+        ] {
+            let err = auth.verify(token).unwrap_err();
+            assert_eq!(err.to_string(), "invalid token", "{token}");
+            assert_eq!(err.code(), "unauthenticated");
+        }
     }
 
     #[tokio::test]
     async fn passwords_verify() {
-        let auth = AuthService::new(b"0123456789abcdef0123456789abcdef", 60).unwrap();
+        let auth = AuthService::new(SECRET, 60).unwrap();
         let h = auth.hash_password("correct horse".into()).await.unwrap();
         assert!(h.starts_with("$argon2id$"));
         assert!(

@@ -3,7 +3,9 @@
 //! RocketMQ, Redis) in `crate::cluster`; `crate::app` opens one bundle
 //! from the configuration, and nothing above this module knows which.
 
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::future::BoxFuture;
@@ -106,12 +108,54 @@ pub trait Store: Send + Sync + 'static {
     ) -> BackendResult<Vec<InboxMessage>>;
     async fn sessions(&self, user_id: u64) -> BackendResult<Vec<SessionSummary>>;
 
+    /// Which of the user's tokens are revoked; `None` if there is no such
+    /// user.
+    async fn auth_state(&self, user_id: u64) -> BackendResult<Option<AuthState>>;
+    /// Takes the user's next token issue number (1, 2, ...: each is given
+    /// out once, in order); `None` if there is no such user.
+    async fn next_token_number(&self, user_id: u64) -> BackendResult<Option<u64>>;
+    /// Revokes one token until it expires; entries that expired before
+    /// `now_ms` may be dropped meanwhile.
+    async fn revoke_token(
+        &self,
+        user_id: u64,
+        token: RevokedToken,
+        now_ms: i64,
+    ) -> BackendResult<()>;
+    /// Revokes every token numbered below `number` (a lower `number` than
+    /// one set before changes nothing).
+    async fn revoke_tokens_before(&self, user_id: u64, number: u64) -> BackendResult<()>;
+
     /// Answers when the backend can serve.
     async fn ping(&self) -> BackendResult<()>;
     /// Makes everything written durable and releases the backend; called
     /// once the node is stopping and its consumers drained. Later calls
     /// fail with `Closed` (closing again is a no-op).
     async fn close(&self) -> BackendResult<()>;
+}
+
+/// Which tokens of a user are revoked: every one numbered below
+/// `revoked_before` (logout-all), and single ones (logout) until they
+/// expire.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuthState {
+    pub revoked_before: u64,
+    pub revoked: Vec<RevokedToken>,
+}
+
+impl AuthState {
+    pub fn revokes(&self, token_number: u64) -> bool {
+        token_number < self.revoked_before || self.revoked.iter().any(|r| r.number == token_number)
+    }
+}
+
+/// One revoked token, remembered until it expires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RevokedToken {
+    pub number: u64,
+    /// When the token expires (ms since the epoch): then it is refused
+    /// anyway, and the entry may go.
+    pub expires_at_ms: i64,
 }
 
 /// Where a record sits in a topic: a topic is split into partitions (the
@@ -277,6 +321,11 @@ pub trait Presence: Send + Sync + 'static {
     async fn tell(&self, node: u16, notice: Notice) -> BackendResult<()>;
     /// Delivers `notice` to every other node, at most once.
     async fn tell_all(&self, notice: Notice) -> BackendResult<()>;
+    /// As `tell_all`, and says how many other nodes it reached (those to
+    /// wait for when the notice asks for an answer).
+    async fn tell_all_counted(&self, notice: Notice) -> BackendResult<usize> {
+        self.tell_all(notice).await.map(|()| 0)
+    }
     /// Where notices from other nodes go; called once, at start.
     fn attach(&self, mail: Arc<dyn NodeMail>);
     /// Answers when the backend can serve.
@@ -301,12 +350,43 @@ pub trait NodeMail: Send + Sync + 'static {
     fn receive(&self, notice: Notice);
 }
 
-/// Limits that hold per user over every node.
+/// Limits that hold per user (or per client address) over every node.
 #[async_trait]
 pub trait Quotas: Send + Sync + 'static {
     /// Takes one send from the user's token bucket (its rate and size are
     /// the configuration's); `false` if it is empty.
     async fn take_send(&self, user_id: u64) -> BackendResult<bool>;
+    /// Counts one event of `tally` in its window, which starts with the
+    /// window's first event and lasts `window`; returns the count with
+    /// this event and when the window ends.
+    async fn count(&self, tally: &Tally, window: Duration) -> BackendResult<WindowCount>;
+    /// `tally`'s current window (count 0 if none is open).
+    async fn peek(&self, tally: &Tally) -> BackendResult<WindowCount>;
+    /// Takes back one event counted in `tally`'s current window (none if
+    /// the window is over).
+    async fn uncount(&self, tally: &Tally) -> BackendResult<()>;
+    /// Ends `tally`'s window: its count starts over.
+    async fn clear(&self, tally: &Tally) -> BackendResult<()>;
+}
+
+/// What a window counter of [`Quotas`] counts.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Tally {
+    /// Login attempts for a username (lower-cased: usernames are unique
+    /// whatever their case).
+    LoginFailures(String),
+    /// Failed login attempts from a client address (an IPv6 client by its
+    /// /64, which one subscriber usually holds whole).
+    LoginFailuresFrom(IpAddr),
+    /// Registration attempts from a client address (IPv6 by its /64).
+    Registrations(IpAddr),
+}
+
+/// A window's count and the time left in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowCount {
+    pub count: u64,
+    pub resets_in: Duration,
 }
 
 /// The backends a node runs on, opened together from the configuration.

@@ -10,16 +10,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
-use validator::Validate;
 
 use super::auth::AuthService;
 use super::backend::Store;
 use super::notices::Notice;
 use super::relay::Relay;
 use crate::error::{AppError, AppResult};
-use crate::model::dto::{validation_message, GroupVo, LoginReq, LoginResp, RegisterReq, UserVo};
+use crate::model::dto::{GroupVo, LoginReq, LoginResp, RegisterReq, UserVo};
 use crate::model::ids::now_ms;
-use crate::model::{parse_id, Group, IdGenerator, SessionInfo, SessionType, User};
+use crate::model::wire::UserIds;
+use crate::model::{Group, IdGenerator, SessionInfo, SessionType, User};
 
 pub struct Directory {
     store: Arc<dyn Store>,
@@ -70,11 +70,6 @@ pub fn group_vo(g: &Group) -> GroupVo {
     }
 }
 
-fn validate(req: &impl Validate) -> AppResult<()> {
-    req.validate()
-        .map_err(|e| AppError::InvalidArgument(validation_message(&e)))
-}
-
 impl Directory {
     pub fn new(
         store: Arc<dyn Store>,
@@ -106,12 +101,12 @@ impl Directory {
     }
 
     pub async fn register(&self, req: RegisterReq) -> AppResult<UserVo> {
-        validate(&req)?;
-        let hash = self.auth.hash_password(req.password).await?;
+        // The fields were checked when the request was parsed (`model::wire`).
+        let hash = self.auth.hash_password(req.password.into_string()).await?;
         let user = User {
             user_id: self.ids.next_id(),
-            username: req.username,
-            nickname: req.nickname,
+            username: req.username.into_string(),
+            nickname: req.nickname.into_string(),
             password_hash: hash,
             created_at: now_ms(),
         };
@@ -126,10 +121,14 @@ impl Directory {
     }
 
     pub async fn login(&self, req: LoginReq) -> AppResult<LoginResp> {
-        validate(&req)?;
         let user = self.store.user_by_username(&req.username).await?;
         let hash = user.as_ref().map(|u| u.password_hash.clone());
-        let user = match (self.auth.verify_password(req.password, hash).await, user) {
+        let user = match (
+            self.auth
+                .verify_password(req.password.into_string(), hash)
+                .await,
+            user,
+        ) {
             (true, Some(u)) => u,
             _ => {
                 return Err(AppError::Unauthenticated(
@@ -137,7 +136,14 @@ impl Directory {
                 ))
             }
         };
-        let token = self.auth.issue(user.user_id)?;
+        // Each token gets the user's next issue number: revocations name
+        // tokens by it (see `tokens`).
+        let number = self
+            .store
+            .next_token_number(user.user_id)
+            .await?
+            .ok_or_else(|| AppError::Unauthenticated("wrong username or password".into()))?;
+        let token = self.auth.issue(user.user_id, number)?;
         Ok(LoginResp {
             token: token.token,
             user_id: user.user_id.to_string(),
@@ -281,15 +287,15 @@ impl Directory {
         self.sessions.write().remove(&session_id);
     }
 
-    fn parse_ids(field: &str, raw: &[String]) -> AppResult<Vec<u64>> {
-        let mut out = Vec::with_capacity(raw.len());
-        for r in raw {
-            let id = parse_id(field, r)?;
+    /// Each id once, in their first order.
+    fn distinct(ids: &[u64]) -> Vec<u64> {
+        let mut out = Vec::with_capacity(ids.len());
+        for &id in ids {
             if !out.contains(&id) {
                 out.push(id);
             }
         }
-        Ok(out)
+        out
     }
 
     pub async fn create_group(
@@ -297,18 +303,14 @@ impl Directory {
         owner: u64,
         req: crate::model::dto::CreateGroupReq,
     ) -> AppResult<GroupVo> {
-        validate(&req)?;
         let mut members = vec![owner];
-        for id in Self::parse_ids("memberIds", &req.member_ids)? {
-            if !members.contains(&id) {
-                members.push(id);
-            }
-        }
+        members.extend_from_slice(req.member_ids.ids());
+        let members = Self::distinct(&members);
         self.require_users(&members).await?;
         let group = Group {
             group_id: self.ids.next_id(),
             session_id: self.ids.next_id(),
-            name: req.name,
+            name: req.name.into_string(),
             owner_id: owner,
             member_ids: members,
             created_at: now_ms(),
@@ -329,16 +331,13 @@ impl Directory {
         &self,
         user_id: u64,
         group_id: u64,
-        raw_ids: &[String],
+        user_ids: &UserIds,
     ) -> AppResult<GroupVo> {
-        if raw_ids.is_empty() || raw_ids.len() > 1000 {
-            return Err(AppError::invalid("userIds must hold 1-1000 ids"));
-        }
         let g = self.load_group(group_id).await?;
         if g.owner_id != user_id {
             return Err(AppError::forbidden("only the owner may add members"));
         }
-        let ids = Self::parse_ids("userIds", raw_ids)?;
+        let ids = Self::distinct(user_ids.ids());
         self.require_users(&ids).await?;
         self.store.add_group_members(group_id, &ids).await?;
         self.forget_group(&g).await;

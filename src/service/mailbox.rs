@@ -15,6 +15,7 @@ use super::delivery::{Broadcast, DeliveryHub};
 use super::directory::Directory;
 use super::notices::Notice;
 use super::relay::{push_events, push_message, Relay};
+use super::tokens::Tokens;
 use crate::model::AcceptedSend;
 
 /// Sends waiting for the session consumer to store them, by message id.
@@ -71,6 +72,7 @@ pub struct Mailbox {
     pub acks: Arc<AckService>,
     pub directory: Arc<Directory>,
     pub hub: Arc<DeliveryHub>,
+    pub tokens: Arc<Tokens>,
 }
 
 impl NodeMail for Mailbox {
@@ -116,6 +118,12 @@ impl NodeMail for Mailbox {
                 });
             }
             Notice::Settled(token) => self.acks.settled_elsewhere(token),
+            Notice::TokensRevoked {
+                user_id,
+                revoked,
+                answer,
+            } => self.tokens.revoked_elsewhere(user_id, revoked, answer),
+            Notice::TokensForgotten(token) => self.tokens.forgotten_elsewhere(token),
         }
     }
 }

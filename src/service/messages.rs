@@ -2,8 +2,6 @@
 
 use std::sync::Arc;
 
-use validator::Validate;
-
 use async_trait::async_trait;
 
 use super::acks::AckService;
@@ -17,13 +15,12 @@ use super::relay::Relay;
 use crate::config::Config;
 use crate::error::{AppError, AppResult, BackendResult};
 use crate::model::dto::{
-    validation_message, HistoryResp, MessageVo, PullResp, SendAck, SendReq, SessionVo, SyncResp,
-    UnreadResp,
+    HistoryResp, MessageVo, PullResp, SendAck, SendReq, SessionVo, SyncResp, UnreadResp,
 };
 use crate::model::ids::now_ms;
+use crate::model::wire::{AckType, Limit, MessageIds, Seq, MAX_BATCH, MAX_PAGE};
 use crate::model::{
-    parse_id, AcceptedSend, AckCommand, IdGenerator, InboxMessage, InboxStatus, SendRecord,
-    SessionType,
+    AcceptedSend, AckCommand, IdGenerator, InboxMessage, InboxStatus, SendRecord, SessionType,
 };
 
 /// Longest wait for the inbox write before a durable send is answered.
@@ -117,13 +114,6 @@ fn vos(list: &[InboxMessage]) -> Vec<MessageVo> {
     list.iter().map(MessageVo::from).collect()
 }
 
-fn check_limit(name: &str, value: usize, max: usize) -> AppResult<usize> {
-    if value == 0 || value > max {
-        return Err(AppError::invalid(format!("{name} must be 1-{max}")));
-    }
-    Ok(value)
-}
-
 impl MessageService {
     pub fn new(config: Arc<Config>, deps: MessageDeps) -> MessageService {
         let MessageDeps {
@@ -159,11 +149,8 @@ impl MessageService {
         req: SendReq,
         origin_conn: Option<u64>,
     ) -> AppResult<PendingSend> {
-        req.validate()
-            .map_err(|e| AppError::InvalidArgument(validation_message(&e)))?;
-        if req.content.is_empty() {
-            return Err(AppError::invalid("content must not be empty"));
-        }
+        // The field rules were checked when the request was parsed (see
+        // `model::wire`); the content's size depends on the configuration.
         if req.content.len() > self.config.max_content_bytes {
             return Err(AppError::PayloadTooLarge(format!(
                 "content is larger than {} bytes",
@@ -171,12 +158,19 @@ impl MessageService {
             )));
         }
         if !self.quotas.take_send(sender_id).await? {
-            return Err(AppError::RateLimited("too many messages, slow down".into()));
+            // The bucket holds one more send after 1/rate seconds.
+            let refill = std::time::Duration::from_secs_f64(
+                1.0 / f64::from(self.config.send_rate_per_sec.max(1)),
+            );
+            return Err(AppError::rate_limited(
+                "too many messages, slow down",
+                refill,
+            ));
         }
         let (session_id, session_type, to_user_id, group_id) =
             match (&req.to_user_id, &req.group_id) {
                 (Some(to), None) => {
-                    let to = parse_id("toUserId", to)?;
+                    let to = to.get();
                     if to == sender_id {
                         return Err(AppError::forbidden(
                             "you cannot send a single-chat message to yourself",
@@ -187,7 +181,7 @@ impl MessageService {
                     (sid, SessionType::Single, Some(to), None)
                 }
                 (None, Some(g)) => {
-                    let g = parse_id("groupId", g)?;
+                    let g = g.get();
                     let s = self
                         .directory
                         .group_session_for_member(sender_id, g)
@@ -216,9 +210,9 @@ impl MessageService {
             sender_id,
             to_user_id,
             group_id,
-            message_type: req.message_type,
-            content: req.content,
-            client_message_id: req.client_message_id,
+            message_type: req.message_type.get(),
+            content: req.content.into_string(),
+            client_message_id: req.client_message_id.into_string(),
             client_ts,
             server_ts: now,
             adjusted_ts,
@@ -332,28 +326,24 @@ impl MessageService {
     pub async fn pull(
         &self,
         user_id: u64,
-        session_id: &str,
-        last_message_id: Option<&str>,
-        size: usize,
+        session_id: u64,
+        last_message_id: Option<u64>,
+        size: Limit<MAX_PAGE>,
         mark_read: bool,
     ) -> AppResult<PullResp> {
-        let size = check_limit("size", size, 200)?;
-        let session_id = parse_id("sessionId", session_id)?;
+        let size = size.get();
         self.directory.member_session(user_id, session_id).await?;
         self.acks.settle_for(user_id).await;
-        let after_seq = match last_message_id.filter(|s| !s.is_empty()) {
+        let after_seq = match last_message_id {
             None => 0,
-            Some(raw) => {
-                let mid = parse_id("lastMessageId", raw)?;
-                match self.store.message(mid).await? {
-                    Some(doc) if doc.session_id == session_id => doc.seq,
-                    _ => {
-                        return Err(AppError::not_found(format!(
-                            "message {mid} not found in session"
-                        )))
-                    }
+            Some(mid) => match self.store.message(mid).await? {
+                Some(doc) if doc.session_id == session_id => doc.seq,
+                _ => {
+                    return Err(AppError::not_found(format!(
+                        "message {mid} not found in session"
+                    )))
                 }
-            }
+            },
         };
         let mut page = self
             .store
@@ -404,9 +394,9 @@ impl MessageService {
         Ok(())
     }
 
-    pub async fn unread(&self, user_id: u64, limit: usize) -> AppResult<UnreadResp> {
+    pub async fn unread(&self, user_id: u64, limit: Limit<MAX_BATCH>) -> AppResult<UnreadResp> {
         self.acks.settle_for(user_id).await;
-        let limit = check_limit("limit", limit, 500)?;
+        let limit = limit.get();
         let (page, total) = self.store.unread(user_id, limit).await?;
         Ok(UnreadResp {
             messages: vos(&page),
@@ -417,14 +407,11 @@ impl MessageService {
     pub async fn sync(
         &self,
         user_id: u64,
-        after_inbox_seq: i64,
-        limit: usize,
+        after_inbox_seq: Seq,
+        limit: Limit<MAX_BATCH>,
     ) -> AppResult<SyncResp> {
         self.acks.settle_for(user_id).await;
-        let limit = check_limit("limit", limit, 500)?;
-        if after_inbox_seq < 0 {
-            return Err(AppError::invalid("afterInboxSeq must not be negative"));
-        }
+        let (after_inbox_seq, limit) = (after_inbox_seq.get(), limit.get());
         let mut page = self.store.sync(user_id, after_inbox_seq, limit + 1).await?;
         let has_more = page.len() > limit;
         page.truncate(limit);
@@ -439,12 +426,11 @@ impl MessageService {
     pub async fn history(
         &self,
         user_id: u64,
-        session_id: &str,
+        session_id: u64,
         before_seq: Option<i64>,
-        limit: usize,
+        limit: Limit<MAX_PAGE>,
     ) -> AppResult<HistoryResp> {
-        let limit = check_limit("limit", limit, 200)?;
-        let session_id = parse_id("sessionId", session_id)?;
+        let limit = limit.get();
         self.directory.member_session(user_id, session_id).await?;
         self.acks.settle_for(user_id).await;
         let mut page = self
@@ -483,18 +469,16 @@ impl MessageService {
     pub async fn ack(
         &self,
         user_id: u64,
-        message_ids: &[String],
-        ack_type: &str,
+        message_ids: &MessageIds,
+        ack_type: AckType,
     ) -> AppResult<u64> {
-        let status = super::acks::parse_ack_type(ack_type)?;
-        let ids = super::acks::parse_message_ids(message_ids)?;
         let outcome = self
             .acks
             .apply(
                 user_id,
                 AckCommand::Messages {
-                    message_ids: ids,
-                    status,
+                    message_ids: message_ids.ids().to_vec(),
+                    status: ack_type.status(),
                 },
             )
             .await?;
@@ -504,13 +488,10 @@ impl MessageService {
     pub async fn mark_read(
         &self,
         user_id: u64,
-        session_id: &str,
-        up_to_seq: Option<i64>,
+        session_id: u64,
+        up_to_seq: Option<Seq>,
     ) -> AppResult<u64> {
-        let session_id = parse_id("sessionId", session_id)?;
-        if up_to_seq.is_some_and(|s| s < 0) {
-            return Err(AppError::invalid("upToSeq must not be negative"));
-        }
+        let up_to_seq = up_to_seq.map(Seq::get);
         self.directory.member_session(user_id, session_id).await?;
         let outcome = self
             .acks

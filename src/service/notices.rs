@@ -29,6 +29,34 @@ pub enum Notice {
     Settle { token: u64, reply_to: u16 },
     /// The acks were applied (the answer to `Settle`).
     Settled(u64),
+    /// Tokens of a user were revoked: forget what is cached of the user's
+    /// tokens and close the connections that use a revoked one; then, if
+    /// `answer` names a (token, node), answer `TokensForgotten` there.
+    TokensRevoked {
+        user_id: u64,
+        revoked: Revocation,
+        answer: Option<(u64, u16)>,
+    },
+    /// A node applied a `TokensRevoked` (the answer, with its token).
+    TokensForgotten(u64),
+}
+
+/// Which tokens of a user a logout revoked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Revocation {
+    /// The token with this issue number (logout).
+    One(u64),
+    /// Every token numbered below this (logout-all).
+    Before(u64),
+}
+
+impl Revocation {
+    pub fn covers(&self, token_number: u64) -> bool {
+        match *self {
+            Revocation::One(n) => token_number == n,
+            Revocation::Before(n) => token_number < n,
+        }
+    }
 }
 
 /// The outcomes of the ack records published with one reply token.

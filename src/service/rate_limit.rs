@@ -2,7 +2,10 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// The longest wait reported (a zero rate would be an infinite one).
+const MAX_WAIT: Duration = Duration::from_secs(3600);
 
 use parking_lot::Mutex;
 
@@ -29,10 +32,16 @@ impl<K: Eq + Hash + Copy> RateLimiter<K> {
 
     /// Takes one token for `key`; `false` when the bucket is empty.
     pub fn try_acquire(&self, key: K) -> bool {
+        self.try_acquire_at(key, Instant::now()).is_ok()
+    }
+
+    /// Takes one token for `key`, or says how long until the bucket holds
+    /// one (for `Retry-After`).
+    pub fn try_acquire_or_wait(&self, key: K) -> Result<(), Duration> {
         self.try_acquire_at(key, Instant::now())
     }
 
-    fn try_acquire_at(&self, key: K, now: Instant) -> bool {
+    fn try_acquire_at(&self, key: K, now: Instant) -> Result<(), Duration> {
         let mut buckets = self.buckets.lock();
         if buckets.len() > 100_000 {
             // Forget buckets that have refilled completely: they hold nothing.
@@ -48,9 +57,10 @@ impl<K: Eq + Hash + Copy> RateLimiter<K> {
         b.updated = now;
         if b.tokens >= 1.0 {
             b.tokens -= 1.0;
-            true
+            Ok(())
         } else {
-            false
+            let missing = 1.0 - b.tokens;
+            Err(Duration::from_secs_f64(missing / self.rate.max(f64::MIN_POSITIVE)).min(MAX_WAIT))
         }
     }
 }
@@ -58,18 +68,20 @@ impl<K: Eq + Hash + Copy> RateLimiter<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn burst_then_rate() {
         let l = RateLimiter::new(10, 5);
         let t0 = Instant::now();
         for _ in 0..5 {
-            assert!(l.try_acquire_at(1u64, t0));
+            assert!(l.try_acquire_at(1u64, t0).is_ok());
         }
-        assert!(!l.try_acquire_at(1, t0));
-        assert!(l.try_acquire_at(2, t0), "buckets are per key");
-        assert!(l.try_acquire_at(1, t0 + Duration::from_millis(100)));
-        assert!(!l.try_acquire_at(1, t0 + Duration::from_millis(100)));
+        let wait = l.try_acquire_at(1, t0).unwrap_err();
+        assert!(wait > Duration::from_millis(99) && wait <= Duration::from_millis(100));
+        assert!(l.try_acquire_at(2, t0).is_ok(), "buckets are per key");
+        assert!(l.try_acquire_at(1, t0 + Duration::from_millis(100)).is_ok());
+        assert!(l
+            .try_acquire_at(1, t0 + Duration::from_millis(100))
+            .is_err());
     }
 }

@@ -81,6 +81,19 @@ impl Relay {
         }
     }
 
+    /// Delivers `notice` to every other node; how many it reached (0 if it
+    /// could not be sent: logged and counted as `tell_others` does).
+    pub async fn tell_others_counted(&self, notice: Notice) -> usize {
+        match self.presence.tell_all_counted(notice).await {
+            Ok(n) => n,
+            Err(e) => {
+                metrics::counter!("herald_notices_lost_total").increment(1);
+                tracing::warn!(error = %e, "a notice to the other nodes was not sent");
+                0
+            }
+        }
+    }
+
     /// Pushes stored messages to every online device of their recipients,
     /// in batch (so `seq`) order per node.
     pub async fn push_messages(&self, batch: &[MessageSent]) {

@@ -292,6 +292,14 @@ impl TestServer {
         self.child.as_ref().map(Child::id)
     }
 
+    /// The ports of the server's nodes: its own, and in cluster mode its
+    /// peer's.
+    pub fn ports(&self) -> Vec<u16> {
+        let mut ports = vec![self.port];
+        ports.extend(self.peer.as_ref().map(|p| p.port));
+        ports
+    }
+
     pub fn base_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
@@ -369,6 +377,10 @@ impl TestServer {
             }
         }
         cmd.env("HERALD_JWT_SECRET", JWT_SECRET);
+        // The tests register and log in many users from 127.0.0.1: no
+        // registration or login throttling unless a test sets its own.
+        cmd.env("HERALD_REGISTRATIONS_PER_HOUR", "0");
+        cmd.env("HERALD_LOGIN_MAX_FAILURES", "0");
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
@@ -557,6 +569,7 @@ pub struct Resp {
     pub text: String,
     pub body: Value,
     pub content_type: Option<String>,
+    pub headers: reqwest::header::HeaderMap,
 }
 
 impl Resp {
@@ -569,6 +582,23 @@ impl Resp {
             self.status, self.text
         );
         &self.body
+    }
+
+    /// The `Retry-After` of a 429, in seconds; asserts that it is there
+    /// and a whole number of seconds, at least 1.
+    #[track_caller]
+    pub fn retry_after(&self) -> u64 {
+        let raw = self
+            .headers
+            .get(reqwest::header::RETRY_AFTER)
+            .unwrap_or_else(|| panic!("no Retry-After on {} {}", self.status, self.text));
+        let secs: u64 = raw
+            .to_str()
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("Retry-After must be whole seconds, got {raw:?}"));
+        assert!(secs >= 1, "Retry-After must be at least 1, got {secs}");
+        secs
     }
 
     /// Asserts an error answer: status and `{code, message}` body.
@@ -655,6 +685,7 @@ impl Api {
             .get(reqwest::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
+        let headers = resp.headers().clone();
         let text = resp
             .text()
             .await
@@ -665,6 +696,7 @@ impl Api {
             text,
             body,
             content_type,
+            headers,
         }
     }
 
@@ -684,6 +716,27 @@ impl Api {
     pub async fn delete(&self, path: &str, token: Option<&str>) -> Resp {
         self.request(reqwest::Method::DELETE, path, token, None)
             .await
+    }
+
+    /// POST `body` as JSON with extra request headers.
+    pub async fn post_with_headers(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: &Value,
+        headers: &[(&str, &str)],
+    ) -> Resp {
+        let mut rb = self
+            .http
+            .post(format!("{}{}", self.base(), path))
+            .json(body);
+        if let Some(t) = token {
+            rb = rb.bearer_auth(t);
+        }
+        for (k, v) in headers {
+            rb = rb.header(*k, *v);
+        }
+        Self::finish(rb, &format!("POST {path}")).await
     }
 
     /// POST with a raw body and content type (for malformed JSON).

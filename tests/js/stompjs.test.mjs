@@ -23,7 +23,15 @@ before(async () => {
   base = `127.0.0.1:${port}`;
   const dir = mkdtempSync(join(tmpdir(), 'herald-js-'));
   server = spawn(bin, ['serve', '--listen', base, '--data-dir', dir], {
-    env: { ...process.env, HERALD_ACK_TIMEOUT_MS: '1000', HERALD_LOG: 'warn' },
+    // Every test registers its users from 127.0.0.1: no registration or
+    // login throttling (defaults: 10 registrations an hour per address).
+    env: {
+      ...process.env,
+      HERALD_ACK_TIMEOUT_MS: '1000',
+      HERALD_LOG: 'warn',
+      HERALD_REGISTRATIONS_PER_HOUR: '0',
+      HERALD_LOGIN_MAX_FAILURES: '0',
+    },
     stdio: ['ignore', 'inherit', 'inherit'],
   });
   await waitHealthy(`http://${base}/healthz`, 20000);

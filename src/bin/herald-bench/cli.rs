@@ -17,7 +17,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// Herald applies a per-user send rate limit (default 50 msg/s, burst 100)
 /// and a per-user connection limit (default 16). For load tests start it
 /// with e.g. HERALD_SEND_RATE_PER_SEC=100000 HERALD_SEND_BURST=100000
-/// HERALD_MAX_CONNECTIONS_PER_USER=100000.
+/// HERALD_MAX_CONNECTIONS_PER_USER=100000, and since every user registers
+/// and logs in from this one address, HERALD_REGISTRATIONS_PER_HOUR=0
+/// HERALD_LOGIN_MAX_FAILURES=0.
 ///
 /// Output: one JSON line per run (or find-max step) on stdout, a readable
 /// summary on stderr.

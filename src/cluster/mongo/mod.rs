@@ -32,6 +32,7 @@ mod documents;
 mod reads;
 mod settings;
 mod storing;
+mod tokens;
 mod users_groups;
 
 use std::collections::HashMap;
@@ -57,7 +58,9 @@ use crate::model::{
     AcceptedSend, AckOutcome, AckRecord, Group, InboxMessage, MessageDoc, SendRecord, SessionInfo,
     SessionSummary, StoredBatch, User,
 };
-use crate::service::backend::{Checkpoint, RecallOutcome, RecallStep, Store};
+use crate::service::backend::{
+    AuthState, Checkpoint, RecallOutcome, RecallStep, RevokedToken, Store,
+};
 
 use documents::*;
 
@@ -659,6 +662,31 @@ impl Store for MongoStore {
     async fn sessions(&self, user_id: u64) -> BackendResult<Vec<SessionSummary>> {
         self.check_open()?;
         self.session_list(user_id).await
+    }
+
+    async fn auth_state(&self, user_id: u64) -> BackendResult<Option<AuthState>> {
+        self.check_open()?;
+        self.load_auth_state(user_id).await
+    }
+
+    async fn next_token_number(&self, user_id: u64) -> BackendResult<Option<u64>> {
+        self.check_open()?;
+        self.take_token_number(user_id).await
+    }
+
+    async fn revoke_token(
+        &self,
+        user_id: u64,
+        token: RevokedToken,
+        now_ms: i64,
+    ) -> BackendResult<()> {
+        self.check_open()?;
+        self.add_revoked_token(user_id, token, now_ms).await
+    }
+
+    async fn revoke_tokens_before(&self, user_id: u64, number: u64) -> BackendResult<()> {
+        self.check_open()?;
+        self.set_revoked_before(user_id, number).await
     }
 
     async fn ping(&self) -> BackendResult<()> {

@@ -11,7 +11,10 @@
 //! - `users:<node>` (set): users with devices on the node (its sweep);
 //! - `seen:<user>`: when the user's last device left (ms);
 //! - `send:<sender>:<clientMessageId>`: a send's receipt (24 h);
-//! - `quota:send:<user>`: the send bucket's theoretical arrival time.
+//! - `quota:send:<user>`: the send bucket's theoretical arrival time;
+//! - `tally:<kind>:<name>`: a throttling window's count, expiring with
+//!   the window (failed logins per username and per address,
+//!   registrations per address).
 //!
 //! Channels: `chan:<node>` (one node) and `chan:all` (every node).
 
@@ -27,6 +30,7 @@ pub use quotas::RedisQuotas;
 use redis::aio::ConnectionManager;
 
 use crate::error::BackendError;
+use crate::service::backend::Tally;
 
 /// A Redis error as a backend error.
 pub fn redis_error(e: redis::RedisError) -> BackendError {
@@ -72,6 +76,13 @@ impl Names {
     }
     pub fn quota(&self, user: u64) -> String {
         self.key(format_args!("quota:send:{user}"))
+    }
+    pub fn tally(&self, tally: &Tally) -> String {
+        match tally {
+            Tally::LoginFailures(username) => self.key(format_args!("tally:login:{username}")),
+            Tally::LoginFailuresFrom(ip) => self.key(format_args!("tally:login-from:{ip}")),
+            Tally::Registrations(ip) => self.key(format_args!("tally:register:{ip}")),
+        }
     }
     pub fn node_channel(&self, node: u16) -> String {
         self.key(format_args!("chan:{node}"))

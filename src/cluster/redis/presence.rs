@@ -2,6 +2,7 @@
 //! with a lease on the node id, and notices over pub/sub channels.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -46,6 +47,9 @@ pub struct RedisPresence {
     /// (a node not seen yet counts as alive: it just started).
     dead: Arc<RwLock<Vec<u16>>>,
     mail: Arc<OnceLock<Arc<dyn NodeMail>>>,
+    /// Whether this node listens to its channels now (it is then one of
+    /// the receivers a `PUBLISH` to every node counts).
+    listening: Arc<AtomicBool>,
     stop: watch::Sender<bool>,
 }
 
@@ -84,6 +88,7 @@ impl RedisPresence {
             token,
             dead: Arc::new(RwLock::new(first.dead)),
             mail: Arc::new(OnceLock::new()),
+            listening: Arc::default(),
             stop,
         };
         tokio::spawn(presence.beating(stopped.clone()));
@@ -92,6 +97,7 @@ impl RedisPresence {
             presence.names.clone(),
             node,
             presence.mail.clone(),
+            presence.listening.clone(),
             stopped,
         ));
         Ok(presence)
@@ -222,6 +228,7 @@ async fn listen(
     names: Names,
     node: u16,
     mail: Arc<OnceLock<Arc<dyn NodeMail>>>,
+    listening: Arc<AtomicBool>,
     mut stopped: watch::Receiver<bool>,
 ) {
     let channels = [names.node_channel(node), names.all_channel()];
@@ -229,11 +236,17 @@ async fn listen(
         let session = async {
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe(&channels[..]).await?;
+            listening.store(true, Ordering::Release);
             let mut messages = pubsub.on_message();
             while let Some(msg) = messages.next().await {
                 deliver(&mail, node, msg.get_payload_bytes());
             }
             Ok::<(), redis::RedisError>(())
+        };
+        let session = async {
+            let ended = session.await;
+            listening.store(false, Ordering::Release);
+            ended
         };
         tokio::select! {
             ended = session => match ended {
@@ -354,18 +367,24 @@ impl Presence for RedisPresence {
     }
 
     async fn tell_all(&self, notice: Notice) -> BackendResult<()> {
+        self.tell_all_counted(notice).await.map(|_| ())
+    }
+
+    async fn tell_all_counted(&self, notice: Notice) -> BackendResult<usize> {
         let payload = serde_json::to_vec(&Envelope {
             from: self.node,
             notice,
         })?;
         let mut conn = self.conn.clone();
-        let _: i64 = redis::cmd("PUBLISH")
+        let receivers: i64 = redis::cmd("PUBLISH")
             .arg(self.names.all_channel())
             .arg(payload)
             .query_async(&mut conn)
             .await
             .map_err(redis_error)?;
-        Ok(())
+        // This node hears its own broadcasts too (and drops them).
+        let me = i64::from(self.listening.load(Ordering::Acquire));
+        Ok(usize::try_from(receivers - me).unwrap_or(0))
     }
 
     fn attach(&self, mail: Arc<dyn NodeMail>) {

@@ -1,12 +1,15 @@
-//! `Quotas` on Redis: one GCRA bucket per user, shared by every node.
+//! `Quotas` on Redis: one GCRA bucket per user, and the throttling
+//! windows, shared by every node.
 
 use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 
-use super::scripts::TAKE_SEND;
+use std::time::Duration;
+
+use super::scripts::{TAKE_SEND, WINDOW_COUNT, WINDOW_PEEK, WINDOW_UNCOUNT};
 use super::{redis_error, Names};
 use crate::error::BackendResult;
-use crate::service::backend::Quotas;
+use crate::service::backend::{Quotas, Tally, WindowCount};
 
 pub struct RedisQuotas {
     names: Names,
@@ -41,5 +44,53 @@ impl Quotas for RedisQuotas {
             .await
             .map_err(redis_error)?;
         Ok(allowed == 1)
+    }
+
+    async fn count(&self, tally: &Tally, window: Duration) -> BackendResult<WindowCount> {
+        let mut conn = self.conn.clone();
+        let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX).max(1);
+        let (count, left_ms): (u64, i64) = WINDOW_COUNT
+            .key(self.names.tally(tally))
+            .arg(window_ms)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(redis_error)?;
+        Ok(WindowCount {
+            count,
+            resets_in: Duration::from_millis(u64::try_from(left_ms).unwrap_or(0)),
+        })
+    }
+
+    async fn peek(&self, tally: &Tally) -> BackendResult<WindowCount> {
+        let mut conn = self.conn.clone();
+        let (count, left_ms): (u64, i64) = WINDOW_PEEK
+            .key(self.names.tally(tally))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(redis_error)?;
+        Ok(WindowCount {
+            count,
+            resets_in: Duration::from_millis(u64::try_from(left_ms).unwrap_or(0)),
+        })
+    }
+
+    async fn uncount(&self, tally: &Tally) -> BackendResult<()> {
+        let mut conn = self.conn.clone();
+        let _: i64 = WINDOW_UNCOUNT
+            .key(self.names.tally(tally))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(redis_error)?;
+        Ok(())
+    }
+
+    async fn clear(&self, tally: &Tally) -> BackendResult<()> {
+        let mut conn = self.conn.clone();
+        let _: i64 = redis::cmd("DEL")
+            .arg(self.names.tally(tally))
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_error)?;
+        Ok(())
     }
 }

@@ -126,6 +126,35 @@ return 1",
     ])
 });
 
+/// Counts one event in a window that starts with its first event.
+/// KEYS: tally:<...>. ARGV: window ms. Returns {count, ms left}.
+pub static WINDOW_COUNT: LazyLock<Script> = LazyLock::new(|| {
+    script(&["local n = redis.call('INCR', KEYS[1])
+local left = redis.call('PTTL', KEYS[1])
+if n == 1 or left < 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+  left = tonumber(ARGV[1])
+end
+return {n, left}"])
+});
+
+/// A window's count and the ms left in it ({0, 0} if none is open).
+/// KEYS: tally:<...>.
+pub static WINDOW_PEEK: LazyLock<Script> = LazyLock::new(|| {
+    script(&["local n = tonumber(redis.call('GET', KEYS[1]) or '0')
+local left = redis.call('PTTL', KEYS[1])
+if left < 0 then return {0, 0} end
+return {n, left}"])
+});
+
+/// Takes back one event of a window still open (an ended window is not
+/// made again, and a count never goes below 0). KEYS: tally:<...>.
+pub static WINDOW_UNCOUNT: LazyLock<Script> = LazyLock::new(|| {
+    script(&["local n = tonumber(redis.call('GET', KEYS[1]) or '0')
+if n > 0 then redis.call('DECR', KEYS[1]) end
+return 0"])
+});
+
 /// Claims an idempotency key: sets it if it is free, else returns what it
 /// holds. KEYS: send:<key>. ARGV: value, ttl ms.
 pub static CLAIM: LazyLock<Script> = LazyLock::new(|| {

@@ -4,6 +4,7 @@
 mod rows;
 mod status;
 mod storing;
+mod tokens;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,7 +21,9 @@ use crate::model::{
     KnownSend, MessageDoc, SendRecord, SessionInfo, SessionSummary, SessionType, StoredBatch,
     StoredMessage, User,
 };
-use crate::service::backend::{Checkpoint, RecallOutcome, RecallStep, Store};
+use crate::service::backend::{
+    AuthState, Checkpoint, RecallOutcome, RecallStep, RevokedToken, Store,
+};
 
 use rows::{
     group_members, inbox_query, load_group, message_from_row, opt_id, sessions_of, user_from_row,
@@ -514,6 +517,27 @@ impl Store for SqliteStore {
 
     async fn sessions(&self, user_id: u64) -> BackendResult<Vec<SessionSummary>> {
         self.readers.read(move |c| sessions_of(c, user_id)).await
+    }
+
+    async fn auth_state(&self, user_id: u64) -> BackendResult<Option<AuthState>> {
+        self.load_auth_state(user_id).await
+    }
+
+    async fn next_token_number(&self, user_id: u64) -> BackendResult<Option<u64>> {
+        self.take_token_number(user_id).await
+    }
+
+    async fn revoke_token(
+        &self,
+        user_id: u64,
+        token: RevokedToken,
+        now_ms: i64,
+    ) -> BackendResult<()> {
+        self.add_revoked_token(user_id, token, now_ms).await
+    }
+
+    async fn revoke_tokens_before(&self, user_id: u64, number: u64) -> BackendResult<()> {
+        self.set_revoked_before(user_id, number).await
     }
 
     async fn ping(&self) -> BackendResult<()> {
