@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The project's test command:
 # 1. Rust unit and integration tests (they start the real `herald` binary)
-#    on the embedded backends;
+#    on the embedded backends, the fuzz targets for a minute each
+#    (tests/fuzz_*.rs), then Schemathesis on the served OpenAPI spec
+#    (`scripts/schemathesis.sh`, a pinned version installed once);
 # 2. the cluster backends against real servers (`scripts/services.sh up`:
 #    Redis, a MongoDB-wire server and RocketMQ; the first run on a machine
 #    installs them, the RocketMQ build takes ~15 min): the adapters' own
@@ -15,6 +17,17 @@ target="${CARGO_TARGET_DIR:-target}"
 
 echo "== cargo test (embedded)"
 cargo test --locked --all-targets
+
+# The fuzz targets ran for a couple of seconds above; here for their CI
+# budget (HERALD_FUZZ_SECS per target, shared by its properties), one test
+# at a time so each gets the machine. A failure prints the minimal input
+# and where it was written, to copy into tests/fuzz/corpus/.
+echo "== fuzz targets (60 s each)"
+HERALD_FUZZ_SECS=60 cargo test --locked --test fuzz_stomp --test fuzz_json -- \
+  --test-threads=1 --nocapture
+
+echo "== schemathesis: the OpenAPI spec against the server it describes"
+bash scripts/schemathesis.sh
 
 echo "== cluster services"
 bash scripts/services.sh up

@@ -1153,6 +1153,300 @@ async fn recall_by_sender_notifies_online_recipient() {
 }
 
 // ---------------------------------------------------------------------------
+// strict JSON types and the spec (issue 21, items 6 and 7)
+// ---------------------------------------------------------------------------
+
+/// Asserts a `400 invalid_argument` whose message contains every one of
+/// `words`; returns the message.
+#[track_caller]
+fn refused(r: &Resp, what: &str, words: &[&str]) -> String {
+    r.expect_error(400, "invalid_argument", what);
+    let message = r.body["message"].as_str().unwrap_or_default().to_string();
+    for w in words {
+        assert!(message.contains(w), "{what}: {w:?} not in {message:?}");
+    }
+    message
+}
+
+#[tokio::test]
+async fn json_number_ids_are_refused() {
+    let (srv, _g) = server();
+    let api = srv.api();
+    let users = api.new_users(2).await;
+    let (a, b) = (&users[0], &users[1]);
+    let b_id: u64 = b.user_id.parse().unwrap();
+    let mut req = send_req_user(&b.user_id, "as a number", &unique("c"));
+    req["toUserId"] = json!(b_id);
+    let r = api.send(a, &req).await;
+    refused(&r, "toUserId as a JSON number", &["string", "not a number"]);
+
+    let r = api
+        .post(
+            &format!("{API}/groups"),
+            Some(&a.token),
+            &json!({"name": "numbers", "memberIds": [b_id]}),
+        )
+        .await;
+    refused(&r, "memberIds holding a JSON number", &["string"]);
+
+    let ack = api.send_to_user(a, &b.user_id, "ack me").await;
+    let mid: u64 = ack["messageId"].as_str().unwrap().parse().unwrap();
+    let r = api
+        .post(
+            &format!("{API}/messages/ack"),
+            Some(&b.token),
+            &json!({"messageIds": [mid], "ackType": "read"}),
+        )
+        .await;
+    refused(&r, "messageIds holding a JSON number", &["string"]);
+    let sid: u64 = ack["sessionId"].as_str().unwrap().parse().unwrap();
+    let r = api
+        .post(
+            &format!("{API}/messages/mark-read"),
+            Some(&b.token),
+            &json!({"sessionId": sid}),
+        )
+        .await;
+    refused(&r, "sessionId as a JSON number", &["string"]);
+
+    // Nothing was sent by the refused request.
+    let list = api
+        .wait_visible(b, ack["messageId"].as_str().unwrap())
+        .await;
+    let contents: Vec<&str> = list.iter().filter_map(|m| m["content"].as_str()).collect();
+    assert_eq!(contents, ["ack me"]);
+}
+
+#[tokio::test]
+async fn non_string_names_and_contents_are_refused() {
+    let (srv, _g) = server();
+    let api = srv.api();
+    let users = api.new_users(2).await;
+    let (a, b) = (&users[0], &users[1]);
+    for name in [json!(false), json!(42), json!(null), json!(["g"])] {
+        let r = api
+            .post(
+                &format!("{API}/groups"),
+                Some(&a.token),
+                &json!({"name": name, "memberIds": [b.user_id]}),
+            )
+            .await;
+        refused(&r, &format!("group name {name}"), &["name"]);
+    }
+    for content in [json!(42), json!(true), json!({"text": "hi"})] {
+        let mut req = send_req_user(&b.user_id, "x", &unique("c"));
+        req["content"] = content.clone();
+        let r = api.send(a, &req).await;
+        refused(&r, &format!("content {content}"), &["content", "string"]);
+    }
+    let mut req = send_req_user(&b.user_id, "x", &unique("c"));
+    req["clientMessageId"] = json!(7);
+    refused(
+        &api.send(a, &req).await,
+        "numeric clientMessageId",
+        &["string"],
+    );
+    let r = api
+        .post(
+            &format!("{API}/auth/register"),
+            None,
+            &json!({"username": unique("n"), "password": "password123", "nickname": false}),
+        )
+        .await;
+    refused(&r, "boolean nickname", &["nickname"]);
+    // None of it reached b.
+    assert!(api.sync_all(b).await.is_empty(), "nothing was sent to b");
+    let groups = api.get(&format!("{API}/sessions"), Some(&b.token)).await;
+    assert_eq!(groups.expect(200, "sessions"), &json!([]));
+}
+
+#[tokio::test]
+async fn leading_zero_ids_are_refused_in_paths_as_in_bodies() {
+    let (srv, _g) = server();
+    let api = srv.api();
+    let users = api.new_users(2).await;
+    let (a, b) = (&users[0], &users[1]);
+    let g = api.create_group(a, &unique("g"), &[b]).await;
+    let gid = g["groupId"].as_str().unwrap();
+    let padded = format!("0{gid}");
+
+    let r = api
+        .get(&format!("{API}/groups/{padded}"), Some(&a.token))
+        .await;
+    let in_path = refused(&r, "a path id with a leading zero", &["leading zeros"]);
+    let r = api
+        .send(a, &send_req_group(&padded, "padded", &unique("c")))
+        .await;
+    let in_body = refused(&r, "a body id with a leading zero", &["leading zeros"]);
+    let rule = "a positive 64-bit decimal id without leading zeros";
+    assert!(
+        in_path.contains(rule) && in_body.contains(rule),
+        "{in_path} / {in_body}"
+    );
+
+    let r = api
+        .delete(
+            &format!("{API}/groups/{gid}/members/0{}", b.user_id),
+            Some(&a.token),
+        )
+        .await;
+    refused(&r, "a padded member id", &["leading zeros"]);
+    let r = api
+        .get(&format!("{API}/users/00{}", b.user_id), Some(&a.token))
+        .await;
+    refused(&r, "a padded user id", &["leading zeros"]);
+    // The group is untouched.
+    let r = api
+        .get(&format!("{API}/groups/{gid}"), Some(&a.token))
+        .await;
+    assert_eq!(
+        r.expect(200, "the group")["memberIds"]
+            .as_array()
+            .map(Vec::len),
+        Some(2)
+    );
+}
+
+#[tokio::test]
+async fn zero_as_an_id_is_refused_with_an_accurate_message() {
+    let (srv, _g) = server();
+    let api = srv.api();
+    let users = api.new_users(2).await;
+    let (a, b) = (&users[0], &users[1]);
+    let words = ["positive", "without leading zeros"];
+    let r = api.get(&format!("{API}/users/0"), Some(&a.token)).await;
+    let message = refused(&r, "GET /users/0", &words);
+    assert!(
+        !message.contains("must be a string of decimal digits"),
+        "\"0\" is a string of decimal digits: {message}"
+    );
+    refused(
+        &api.send(a, &send_req_user("0", "zero", &unique("c"))).await,
+        "toUserId \"0\"",
+        &words,
+    );
+    let r = api
+        .get(
+            &format!("{API}/presence?userIds={},0", b.user_id),
+            Some(&a.token),
+        )
+        .await;
+    refused(&r, "a presence list with 0", &words);
+}
+
+/// The served spec, parsed.
+async fn served_spec(api: &Api) -> serde_yaml::Value {
+    let r = api.get("/openapi.yaml", None).await;
+    r.expect(200, "GET /openapi.yaml");
+    serde_yaml::from_str(&r.text).expect("openapi.yaml must be YAML")
+}
+
+/// The value at `keys` in `spec`, which must be there.
+#[track_caller]
+fn at<'a>(spec: &'a serde_yaml::Value, keys: &[&str]) -> &'a serde_yaml::Value {
+    let mut v = spec;
+    for key in keys {
+        v = &v[*key];
+        assert!(!v.is_null(), "{keys:?}: no {key:?} in the spec");
+    }
+    v
+}
+
+#[tokio::test]
+async fn served_spec_declares_nullable_fields_and_rules() {
+    let (srv, _g) = server();
+    let spec = served_spec(&srv.api()).await;
+    let field = |schema: &str, field: &str, rule: &str| {
+        at(
+            &spec,
+            &["components", "schemas", schema, "properties", field, rule],
+        )
+        .clone()
+    };
+    for (schema, name) in [
+        ("PresenceVo", "lastSeenAt"),
+        ("MessageVo", "toUserId"),
+        ("MessageVo", "groupId"),
+        ("SessionVo", "peerId"),
+        ("SessionVo", "groupId"),
+        ("SessionVo", "lastMessage"),
+        ("SendReq", "toUserId"),
+    ] {
+        let nullable = field(schema, name, "nullable");
+        assert_eq!(
+            nullable.as_bool(),
+            Some(true),
+            "{schema}.{name} must be nullable"
+        );
+    }
+    let id = "^[1-9][0-9]{0,18}$";
+    assert_eq!(
+        field("RegisterReq", "username", "pattern").as_str(),
+        Some("^[A-Za-z0-9_.-]{3,32}$")
+    );
+    assert_eq!(field("SendReq", "groupId", "pattern").as_str(), Some(id));
+    assert_eq!(
+        field("AckReq", "messageIds", "items")["pattern"].as_str(),
+        Some(id)
+    );
+    assert_eq!(
+        field("RegisterReq", "password", "minLength").as_u64(),
+        Some(8)
+    );
+    assert_eq!(
+        field("RegisterReq", "password", "maxLength").as_u64(),
+        Some(128)
+    );
+    assert_eq!(
+        field("SendReq", "messageType", "minimum").as_f64(),
+        Some(1.0)
+    );
+    assert_eq!(
+        field("SendReq", "messageType", "maximum").as_f64(),
+        Some(5.0)
+    );
+    assert_eq!(
+        field("SendReq", "clientMessageId", "maxLength").as_u64(),
+        Some(64)
+    );
+    assert_eq!(
+        field("AckReq", "messageIds", "maxItems").as_u64(),
+        Some(500)
+    );
+    let ack_types = field("AckReq", "ackType", "enum");
+    let ack_types: Vec<&str> = ack_types
+        .as_sequence()
+        .map(|s| s.iter().filter_map(|v| v.as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(ack_types, ["received", "read"]);
+
+    // A path id, a query bound, and the error bodies of an operation.
+    let get_group = at(&spec, &["paths", "/groups/{groupId}", "get"]);
+    assert_eq!(
+        get_group["parameters"][0]["schema"]["pattern"].as_str(),
+        Some(id)
+    );
+    for status in ["400", "401", "403", "404", "503"] {
+        let content = at(get_group, &["responses", status, "content"]);
+        let schema = content
+            .as_mapping()
+            .and_then(|m| m.values().next())
+            .map(|media| &media["schema"]["$ref"]);
+        assert_eq!(
+            schema.and_then(|s| s.as_str()),
+            Some("#/components/schemas/ErrorBody"),
+            "{status}"
+        );
+    }
+    let pull = at(&spec, &["paths", "/messages/pull", "get", "parameters"]);
+    let size = pull
+        .as_sequence()
+        .and_then(|ps| ps.iter().find(|p| p["name"].as_str() == Some("size")))
+        .expect("pull has a size parameter");
+    assert_eq!(size["schema"]["maximum"].as_f64(), Some(200.0));
+}
+
+// ---------------------------------------------------------------------------
 // operations endpoints
 // ---------------------------------------------------------------------------
 
@@ -1230,6 +1524,8 @@ async fn send_rate_limit_answers_429() {
             .await;
         if r.status == 429 {
             r.expect_error(429, "rate_limited", "over the burst");
+            // One send refills in a second (1/s).
+            assert_eq!(r.retry_after(), 1, "Retry-After of the send limit");
             break;
         }
         r.expect(202, "within the burst");
@@ -1300,6 +1596,7 @@ async fn http_rate_limit_answers_429_json() {
     }
     let r = limited.expect("40 quick requests at 5/s must hit the limit");
     r.expect_error(429, "rate_limited", "http rate limit");
+    assert_eq!(r.retry_after(), 1, "Retry-After of the REST rate limit");
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     api.get(&format!("{API}/users/me"), Some(&token))
         .await

@@ -266,6 +266,46 @@ async fn send_with_receipt_acks_sender_and_pushes_to_recipient_devices() {
         .await;
 }
 
+/// STOMP bodies are held to the REST rules (`model::wire`): only JSON
+/// strings for ids and texts, and ids without leading zeros.
+#[tokio::test]
+async fn app_send_takes_only_the_json_types_rest_takes() {
+    let (srv, _g) = server();
+    let api = srv.api();
+    let (_a, mut c) = online_user(srv, &api).await;
+    let b = api.new_user().await;
+    let b_id: u64 = b.user_id.parse().unwrap();
+    let mut as_number = send_req_user(&b.user_id, "x", "c-number");
+    as_number["toUserId"] = json!(b_id);
+    let padded = send_req_user(&format!("0{}", b.user_id), "x", "c-padded");
+    let mut content = send_req_user(&b.user_id, "x", "c-content");
+    content["content"] = json!(42);
+    for (what, req, words) in [
+        ("a numeric toUserId", as_number, ["string", "not a number"]),
+        ("a padded toUserId", padded, ["positive", "leading zeros"]),
+        ("a numeric content", content, ["content", "string"]),
+    ] {
+        c.send_json("/app/send", &req, None).await;
+        let e = c.recv_json_on("err", WAIT).await;
+        assert_eq!(e["code"], json!("invalid_argument"), "{what}: {e}");
+        let message = e["message"].as_str().unwrap_or_default();
+        for w in words {
+            assert!(message.contains(w), "{what}: {w:?} not in {e}");
+        }
+    }
+    let ack = json!({"messageIds": [b_id], "ackType": "read"});
+    c.send_json("/app/ack", &ack, None).await;
+    let e = c.recv_json_on("err", WAIT).await;
+    assert_eq!(
+        e["code"],
+        json!("invalid_argument"),
+        "numeric messageIds: {e}"
+    );
+    // None of it was sent.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(api.sync_all(&b).await.is_empty(), "nothing reached b");
+}
+
 #[tokio::test]
 async fn rejected_sends_go_to_the_errors_queue_and_connection_survives() {
     let (srv, _g) = server();

@@ -1,48 +1,39 @@
 //! Wire DTOs shared by REST and STOMP. Ids are decimal strings (JavaScript
 //! clients lose precision above 2^53); field names are camelCase.
+//!
+//! The fields of requests are [`wire`](super::wire) types: each states its
+//! rule in the spec and checks it when the body is parsed, the same way
+//! for REST and STOMP. A field that may be null is declared `nullable`
+//! (an `Option` alone only makes it optional in the spec): responses
+//! write `null` for `None`, and requests take `null` as absent.
 
+use poem_openapi::registry::{MetaSchema, MetaSchemaRef, Registry};
 use poem_openapi::Object;
 use serde::{Deserialize, Serialize};
-use validator::{Validate, ValidationError};
+use validator::Validate;
 
 use super::message::{InboxMessage, MessageDoc};
+use super::wire::{
+    AckType, ClientMessageId, ClientMessageType, Content, GroupId, GroupName, LoginName,
+    LoginPassword, MemberIds, MessageIds, Nickname, Password, Seq, SessionId, UserId, UserIds,
+    Username,
+};
 
-fn username_chars(name: &str) -> Result<(), ValidationError> {
-    let ok = name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(ValidationError::new("username_chars")
-            .with_message("username may only contain letters, digits, '_', '.' and '-'".into()))
-    }
-}
-
-#[derive(Debug, Clone, Object, Deserialize, Validate)]
+#[derive(Debug, Clone, Object, Deserialize)]
 #[oai(rename_all = "camelCase")]
 pub struct RegisterReq {
-    /// 3-32 characters of `[A-Za-z0-9_.-]`.
-    #[validate(
-        length(min = 3, max = 32, message = "username must be 3-32 characters"),
-        custom(function = "username_chars")
-    )]
-    pub username: String,
-    /// 8-128 characters.
-    #[validate(length(min = 8, max = 128, message = "password must be 8-128 characters"))]
-    pub password: String,
-    /// 1-64 characters.
-    #[validate(length(min = 1, max = 64, message = "nickname must be 1-64 characters"))]
-    pub nickname: String,
+    pub username: Username,
+    pub password: Password,
+    pub nickname: Nickname,
 }
 
+// `Validate` (with no rules left: the field types check them) is kept for
+// the callers of `LoginReq::validate`.
 #[derive(Debug, Clone, Object, Deserialize, Validate)]
 #[oai(rename_all = "camelCase")]
 pub struct LoginReq {
-    #[validate(length(min = 1, max = 64, message = "username is required"))]
-    pub username: String,
-    #[validate(length(min = 1, max = 256, message = "password is required"))]
-    pub password: String,
+    pub username: LoginName,
+    pub password: LoginPassword,
 }
 
 #[derive(Debug, Clone, Object, Serialize)]
@@ -73,28 +64,26 @@ pub struct PresenceVo {
     /// True while any device of the user is connected.
     pub online: bool,
     /// When the last device disconnected (ms); null if never seen.
+    #[oai(nullable)]
     pub last_seen_at: Option<i64>,
 }
 
-#[derive(Debug, Clone, Object, Deserialize, Validate)]
+#[derive(Debug, Clone, Object, Deserialize)]
 #[oai(rename_all = "camelCase")]
 #[serde(rename_all = "camelCase")]
 pub struct CreateGroupReq {
-    #[validate(length(min = 1, max = 64, message = "name must be 1-64 characters"))]
-    pub name: String,
-    /// Initial members besides the creator.
-    #[validate(length(max = 1000, message = "at most 1000 members at creation"))]
-    #[oai(default)]
+    pub name: GroupName,
+    /// Initial members besides the creator (null or absent: none).
+    #[oai(default, nullable)]
     #[serde(default)]
-    pub member_ids: Vec<String>,
+    pub member_ids: MemberIds,
 }
 
-#[derive(Debug, Clone, Object, Deserialize, Validate)]
+#[derive(Debug, Clone, Object, Deserialize)]
 #[oai(rename_all = "camelCase")]
 #[serde(rename_all = "camelCase")]
 pub struct AddMembersReq {
-    #[validate(length(min = 1, max = 1000, message = "userIds must hold 1-1000 ids"))]
-    pub user_ids: Vec<String>,
+    pub user_ids: UserIds,
 }
 
 #[derive(Debug, Clone, Object, Serialize)]
@@ -108,23 +97,45 @@ pub struct GroupVo {
     pub member_ids: Vec<String>,
 }
 
-/// A message to send: exactly one of `toUserId` and `groupId`.
-#[derive(Debug, Clone, Object, Deserialize, Validate)]
+/// A message to send: exactly one of `toUserId` and `groupId` (not null).
+#[derive(Debug, Clone, Object, Deserialize)]
 #[oai(rename_all = "camelCase")]
 #[serde(rename_all = "camelCase")]
 pub struct SendReq {
-    pub to_user_id: Option<String>,
-    pub group_id: Option<String>,
-    /// 1 text, 2 image, 3 voice, 4 file, 5 custom JSON.
-    #[validate(range(min = 1, max = 5, message = "messageType must be 1-5"))]
-    pub message_type: i32,
-    /// 1 byte to `maxContentBytes`.
-    pub content: String,
-    /// The sender's idempotency key, 1-64 characters.
-    #[validate(length(min = 1, max = 64, message = "clientMessageId must be 1-64 characters"))]
-    pub client_message_id: String,
-    /// The sender's clock (ms); server time if absent.
+    /// The recipient of a single-chat message (not the sender).
+    #[oai(nullable)]
+    pub to_user_id: Option<UserId>,
+    /// The group of a group message (members only).
+    #[oai(nullable)]
+    pub group_id: Option<GroupId>,
+    pub message_type: ClientMessageType,
+    pub content: Content,
+    pub client_message_id: ClientMessageId,
+    /// The sender's clock (ms); server time if absent or null.
+    #[oai(nullable)]
     pub client_timestamp: Option<i64>,
+}
+
+impl SendReq {
+    /// What the derived schema of `SendReq` cannot say: exactly one of
+    /// `toUserId` and `groupId` is a string (the other absent or null).
+    /// `MessageService::send` checks the same.
+    pub fn refine_schema(registry: &mut Registry) {
+        let Some(schema) = registry.schemas.get_mut("SendReq") else {
+            return;
+        };
+        let string_field = |name: &'static str| {
+            MetaSchemaRef::Inline(Box::new(MetaSchema {
+                required: vec![name],
+                properties: vec![(
+                    name,
+                    MetaSchemaRef::Inline(Box::new(MetaSchema::new("string"))),
+                )],
+                ..MetaSchema::ANY
+            }))
+        };
+        schema.one_of = vec![string_field("toUserId"), string_field("groupId")];
+    }
 }
 
 #[derive(Debug, Clone, Object, Serialize, Deserialize, PartialEq, Eq)]
@@ -158,7 +169,11 @@ pub struct MessageVo {
     pub seq: i64,
     pub inbox_seq: i64,
     pub sender_id: String,
+    /// The recipient of a single-chat message; null in a group.
+    #[oai(nullable)]
     pub to_user_id: Option<String>,
+    /// The group of a group message; null in a single chat.
+    #[oai(nullable)]
     pub group_id: Option<String>,
     pub message_type: i32,
     pub content: String,
@@ -229,33 +244,50 @@ pub struct SyncResp {
 }
 
 /// REST ack body; also the first form of the STOMP `/app/ack` body.
-#[derive(Debug, Clone, Object, Deserialize, Validate)]
+#[derive(Debug, Clone, Object, Deserialize)]
 #[oai(rename_all = "camelCase")]
 #[serde(rename_all = "camelCase")]
 pub struct AckReq {
-    #[validate(length(min = 1, max = 500, message = "messageIds must hold 1-500 ids"))]
-    pub message_ids: Vec<String>,
-    /// `received` or `read`.
-    pub ack_type: String,
+    pub message_ids: MessageIds,
+    /// `received` (the device has them) or `read`.
+    pub ack_type: AckType,
 }
 
 /// STOMP `/app/ack` body: `{messageIds, ackType}` or `{sessionId, upToSeq, ackType: "read"}`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StompAckReq {
-    pub message_ids: Option<Vec<String>>,
-    pub session_id: Option<String>,
-    pub up_to_seq: Option<i64>,
-    pub ack_type: String,
+    pub message_ids: Option<MessageIds>,
+    pub session_id: Option<SessionId>,
+    pub up_to_seq: Option<Seq>,
+    pub ack_type: AckType,
 }
 
-#[derive(Debug, Clone, Object, Deserialize, Validate)]
+/// Parses the JSON body of a STOMP SEND to `/app/send` or `/app/ack`.
+///
+/// Through a `Value` that must be an object: serde's derived `Deserialize`
+/// also takes a struct as a JSON array of its fields in order (`[null,
+/// null, 1, "hi", "c-1", null]` was a `SendReq`), which the contract does
+/// not allow and REST refuses. As in REST, a repeated key counts once (the
+/// last). Found by `tests/fuzz_json.rs`.
+pub fn from_stomp_body<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+) -> Result<T, serde_json::Error> {
+    let value: serde_json::Value = serde_json::from_slice(body)?;
+    if !value.is_object() {
+        return Err(serde::de::Error::custom("the body must be a JSON object"));
+    }
+    T::deserialize(value)
+}
+
+#[derive(Debug, Clone, Object, Deserialize)]
 #[oai(rename_all = "camelCase")]
 #[serde(rename_all = "camelCase")]
 pub struct MarkReadReq {
-    pub session_id: String,
-    /// Mark up to this `seq`; all if absent.
-    pub up_to_seq: Option<i64>,
+    pub session_id: SessionId,
+    /// Mark up to this `seq`; all if absent or null.
+    #[oai(nullable)]
+    pub up_to_seq: Option<Seq>,
 }
 
 #[derive(Debug, Clone, Object, Serialize)]
@@ -272,11 +304,17 @@ pub struct UpdatedResp {
 pub struct SessionVo {
     pub session_id: String,
     pub session_type: String,
-    /// The other user of a single session.
+    /// The other user of a single session; null for a group.
+    #[oai(nullable)]
     pub peer_id: Option<String>,
+    /// The group of a group session; null for a single one.
+    #[oai(nullable)]
     pub group_id: Option<String>,
-    /// The group's name, or the peer's nickname.
+    /// The group's name, or the peer's nickname; null if unknown.
+    #[oai(nullable)]
     pub name: Option<String>,
+    /// The newest message; null if there is none.
+    #[oai(nullable)]
     pub last_message: Option<MessageVo>,
     pub unread_count: i64,
     pub updated_at: i64,
@@ -380,6 +418,27 @@ impl MessageVoTemplate {
 mod tests {
     use super::*;
     use crate::model::SessionType;
+
+    #[test]
+    fn stomp_bodies_are_json_objects() {
+        // serde alone takes a struct as the array of its fields.
+        let as_array: &[u8] = br#"[null, null, 1, "hi", "c-1", null]"#;
+        assert!(from_stomp_body::<SendReq>(as_array).is_err());
+        assert!(from_stomp_body::<StompAckReq>(br#"[["1"], null, null, "read"]"#).is_err());
+        assert!(from_stomp_body::<SendReq>(b"null").is_err());
+        // serde skips an unknown field's string without checking its UTF-8.
+        assert!(from_stomp_body::<StompAckReq>(b"{\"x\":\"\x80\",\"ackType\":\"read\"}").is_err());
+        let send: SendReq = from_stomp_body(
+            br#"{"toUserId":"7","messageType":1,"content":"hi","clientMessageId":"c-1"}"#,
+        )
+        .expect("an object parses");
+        assert_eq!(send.client_message_id.as_str(), "c-1");
+        // A repeated key counts once, the last, as REST takes it.
+        let ack: StompAckReq =
+            from_stomp_body(br#"{"ackType":"received","sessionId":"7","ackType":"read"}"#)
+                .expect("an object parses");
+        assert_eq!(ack.ack_type, AckType::Read);
+    }
 
     fn doc(content: &str, group: bool) -> MessageDoc {
         MessageDoc {

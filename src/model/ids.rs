@@ -59,15 +59,28 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Parses a decimal id string; `field` names it in the error.
+/// What an id looks like on the wire: a positive 64-bit integer as a JSON
+/// string of 1-19 decimal digits without leading zeros (every id the
+/// server issues has 63 bits). The OpenAPI spec states it as this pattern,
+/// and [`decimal_id`] accepts exactly the strings it matches.
+pub const ID_PATTERN: &str = "^[1-9][0-9]{0,18}$";
+
+/// [`ID_PATTERN`] in words, for error messages.
+pub const ID_RULE: &str =
+    "a positive 64-bit decimal id without leading zeros: a string of 1-19 digits";
+
+/// The id `raw` spells, if it matches [`ID_PATTERN`].
+pub fn decimal_id(raw: &str) -> Option<u64> {
+    let bytes = raw.as_bytes();
+    let well_formed =
+        (1..=19).contains(&bytes.len()) && bytes[0] != b'0' && bytes.iter().all(u8::is_ascii_digit);
+    // 19 digits always fit in a u64.
+    well_formed.then(|| raw.parse().ok()).flatten()
+}
+
+/// Parses an id string; `field` names it in the error.
 pub fn parse_id(field: &str, value: &str) -> Result<u64, AppError> {
-    let ok = !value.is_empty() && value.len() <= 20 && value.bytes().all(|b| b.is_ascii_digit());
-    match value.parse::<u64>() {
-        Ok(id) if ok && id > 0 => Ok(id),
-        _ => Err(AppError::invalid(format!(
-            "{field} must be a string of decimal digits"
-        ))),
-    }
+    decimal_id(value).ok_or_else(|| AppError::invalid(format!("{field} must be {ID_RULE}")))
 }
 
 #[cfg(test)]
@@ -97,6 +110,16 @@ mod tests {
         assert!(parse_id("x", "+1").is_err());
         assert!(parse_id("x", "0").is_err());
         assert!(parse_id("x", "12a").is_err());
+        assert!(parse_id("x", "0123").is_err());
         assert!(parse_id("x", "99999999999999999999999").is_err());
+        assert_eq!(
+            parse_id("x", "9999999999999999999").unwrap(),
+            9_999_999_999_999_999_999
+        );
+        let zero = parse_id("x", "0").unwrap_err().to_string();
+        assert!(
+            zero.contains("positive") && zero.contains("leading zeros"),
+            "{zero}"
+        );
     }
 }

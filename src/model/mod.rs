@@ -4,6 +4,7 @@
 pub mod dto;
 pub mod ids;
 pub mod message;
+pub mod wire;
 
 pub use ids::{parse_id, IdGenerator};
 pub use message::*;

@@ -16,7 +16,7 @@ use super::redelivery::RedeliveryTracker;
 use super::relay::Relay;
 use super::watermark::Watermark;
 use crate::error::{AppError, AppResult};
-use crate::model::{parse_id, AckCommand, AckEnvelope, AckOutcome, AckRecord, InboxStatus};
+use crate::model::{AckCommand, AckEnvelope, AckOutcome, AckRecord, InboxStatus};
 
 /// How long a caller waits for its ack to be applied.
 const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -93,23 +93,6 @@ type SoonAck = (u64, u64, i64, InboxStatus);
 /// Longest wait of `settle`: a stalled ack pipeline delays reads, never
 /// blocks them.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Parses an `ackType` (`received` or `read`).
-pub fn parse_ack_type(s: &str) -> AppResult<InboxStatus> {
-    match s {
-        "received" | "delivered" => Ok(InboxStatus::Delivered),
-        "read" => Ok(InboxStatus::Read),
-        _ => Err(AppError::invalid("ackType must be `received` or `read`")),
-    }
-}
-
-/// Parses 1-500 message ids.
-pub fn parse_message_ids(raw: &[String]) -> AppResult<Vec<u64>> {
-    if raw.is_empty() || raw.len() > 500 {
-        return Err(AppError::invalid("messageIds must hold 1-500 ids"));
-    }
-    raw.iter().map(|r| parse_id("messageIds", r)).collect()
-}
 
 impl AckService {
     /// Starts the service and its batching task.

@@ -6,13 +6,18 @@
 //!   query parameter, a missing token, an unknown route ...) into the same
 //!   JSON shape, and [`json_errors`] applies it to a whole endpoint.
 
+use std::fmt;
+use std::marker::PhantomData;
+
 use poem::error::ResponseError;
-use poem::http::header::CONTENT_TYPE;
+use poem::http::header::{CONTENT_TYPE, RETRY_AFTER};
 use poem::http::{HeaderValue, StatusCode};
 use poem::{Endpoint, IntoResponse, Request, Response};
 use poem_openapi::error::{AuthorizationError, ContentTypeError};
 use poem_openapi::payload::Json;
-use poem_openapi::registry::{MetaResponse, MetaResponses, Registry};
+use poem_openapi::registry::{
+    MetaHeader, MetaResponse, MetaResponses, MetaSchema, MetaSchemaRef, Registry,
+};
 use poem_openapi::{ApiResponse, ResponseContent};
 
 use crate::error::AppError;
@@ -36,10 +41,16 @@ pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response
         .body(json)
 }
 
-/// The JSON response of an [`AppError`], with the contract's status and code.
+/// The JSON response of an [`AppError`], with the contract's status and
+/// code; a 429 says when to try again (`Retry-After`, seconds).
 pub fn app_error_response(err: &AppError) -> Response {
     let status = StatusCode::from_u16(err.http_status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-    error_response(status, err.code(), &err.to_string())
+    let mut resp = error_response(status, err.code(), &err.to_string());
+    if let Some(secs) = err.retry_after_secs() {
+        resp.headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(secs));
+    }
+    resp
 }
 
 /// Lets code outside the REST layer turn an `AppError` into a `poem::Error`
@@ -115,51 +126,116 @@ pub fn json_errors<E: Endpoint>(ep: E) -> impl Endpoint<Output = Response> {
 }
 
 /// The error of a REST operation: an [`AppError`] rendered as
-/// `{code, message}` with the status of `AppError::http_status()`.
-#[derive(Debug, Clone)]
-pub struct ApiError(pub AppError);
+/// `{code, message}` with the status of `AppError::http_status()`. `S`
+/// names the statuses the operation documents in the spec (every one by
+/// default).
+pub struct ApiError<S = AnyError>(pub AppError, PhantomData<fn() -> S>);
 
-impl From<AppError> for ApiError {
-    fn from(e: AppError) -> Self {
-        ApiError(e)
+impl ApiError {
+    pub fn new(e: AppError) -> Self {
+        ApiError(e, PhantomData)
     }
 }
 
-impl From<ApiError> for poem::Error {
-    fn from(e: ApiError) -> Self {
+impl<S> fmt::Debug for ApiError<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("ApiError").field(&self.0).finish()
+    }
+}
+
+impl<S> From<AppError> for ApiError<S> {
+    fn from(e: AppError) -> Self {
+        ApiError(e, PhantomData)
+    }
+}
+
+impl<S> From<ApiError<S>> for poem::Error {
+    fn from(e: ApiError<S>) -> Self {
         poem::Error::from(e.0)
     }
 }
 
-impl IntoResponse for ApiError {
+impl<S> IntoResponse for ApiError<S> {
     fn into_response(self) -> Response {
         app_error_response(&self.0)
     }
 }
 
-/// The documented error statuses of every operation.
-const ERROR_STATUSES: [(u16, &str); 8] = [
-    (400, "`invalid_argument`: malformed or invalid input"),
-    (401, "`unauthenticated`: missing, invalid or expired token"),
-    (403, "`forbidden`: not allowed for this user"),
-    (404, "`not_found`: no such user, group, session or message"),
-    (409, "`conflict`: conflicts with the current state"),
-    (413, "`payload_too_large`: body or content too large"),
-    (429, "`rate_limited`: too many requests"),
-    (503, "`unavailable`: a backend is unavailable, retry later"),
-];
+/// What each error status means, in the spec.
+fn error_description(status: u16) -> &'static str {
+    match status {
+        400 => "`invalid_argument`: malformed or invalid input",
+        401 => "`unauthenticated`: missing, invalid, expired or revoked token",
+        403 => "`forbidden`: not allowed for this user",
+        404 => "`not_found`: no such user, group, session or message",
+        409 => "`conflict`: conflicts with the current state",
+        413 => "`payload_too_large`: body or content too large",
+        429 => "`rate_limited`: too many requests; `Retry-After` says when to try again",
+        _ => "`unavailable`: a backend is unavailable, retry later",
+    }
+}
 
-impl ApiResponse for ApiError {
+/// The error statuses one operation documents.
+pub trait ErrorSet: Send + Sync + 'static {
+    const STATUSES: &'static [u16];
+}
+
+/// Defines error sets. Every operation may answer 400 (a malformed
+/// request, e.g. its `Content-Length`), 413 (a body over the limit), 429
+/// (the HTTP rate limit) and 503 (a backend down): those are in each.
+macro_rules! error_sets {
+    ($($(#[$doc:meta])* $name:ident: [$($status:literal),*];)*) => {$(
+        $(#[$doc])*
+        pub struct $name;
+
+        impl ErrorSet for $name {
+            const STATUSES: &'static [u16] = &[400, $($status,)* 413, 429, 503];
+        }
+    )*};
+}
+
+error_sets! {
+    /// Any error at all: the default.
+    AnyError: [401, 403, 404, 409];
+    /// `POST /auth/register`: a taken username.
+    RegisterErrors: [409];
+    /// `POST /auth/login`: a wrong username or password.
+    LoginErrors: [401];
+    /// An operation on the caller's own data.
+    OwnErrors: [401];
+    /// A lookup by id of something any user may see.
+    LookupErrors: [401, 404];
+    /// An operation on something only some users may touch.
+    MemberErrors: [401, 403, 404];
+    /// `MemberErrors`, and a change that may conflict with the state.
+    ChangeErrors: [401, 403, 404, 409];
+}
+
+fn retry_after_header() -> MetaHeader {
+    MetaHeader {
+        name: "Retry-After".into(),
+        description: Some("Seconds to wait before trying again.".into()),
+        required: true,
+        deprecated: false,
+        schema: MetaSchemaRef::Inline(Box::new(MetaSchema::new_with_format("integer", "uint64"))),
+    }
+}
+
+impl<S: ErrorSet> ApiResponse for ApiError<S> {
     fn meta() -> MetaResponses {
         MetaResponses {
-            responses: ERROR_STATUSES
+            responses: S::STATUSES
                 .iter()
-                .map(|&(status, description)| MetaResponse {
-                    description,
+                .map(|&status| MetaResponse {
+                    description: error_description(status),
                     status: Some(status),
                     status_range: None,
                     content: <Json<ErrorBody> as ResponseContent>::media_types(),
-                    headers: vec![],
+                    headers: if status == 429 {
+                        vec![retry_after_header()]
+                    } else {
+                        vec![]
+                    },
                 })
                 .collect(),
         }
@@ -170,8 +246,8 @@ impl ApiResponse for ApiError {
     }
 }
 
-/// The result of a REST operation.
-pub type ApiResult<T> = Result<T, ApiError>;
+/// The result of a REST operation; `S` is its documented error statuses.
+pub type ApiResult<T, S = AnyError> = Result<T, ApiError<S>>;
 
 #[cfg(test)]
 mod tests {
@@ -195,7 +271,7 @@ mod tests {
 
     #[handler]
     fn app_error() -> poem::Result<()> {
-        Err(ApiError(AppError::Conflict("taken".into())).into())
+        Err(ApiError::new(AppError::Conflict("taken".into())).into())
     }
 
     async fn get(uri: &str) -> Response {
@@ -277,12 +353,18 @@ mod tests {
             AppError::NotFound("a".into()),
             AppError::Conflict("a".into()),
             AppError::PayloadTooLarge("a".into()),
-            AppError::RateLimited("a".into()),
+            AppError::rate_limited("a", std::time::Duration::from_millis(1500)),
             AppError::Unavailable("a".into()),
         ] {
             let status = e.http_status();
-            let resp = error_from_poem(poem::Error::from(ApiError(e)));
+            let resp = error_from_poem(poem::Error::from(ApiError::new(e)));
             assert_eq!(resp.status().as_u16(), status);
+            let retry_after = resp.headers().get(RETRY_AFTER);
+            if status == 429 {
+                assert_eq!(retry_after.and_then(|v| v.to_str().ok()), Some("2"));
+            } else {
+                assert!(retry_after.is_none());
+            }
         }
     }
 }

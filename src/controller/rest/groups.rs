@@ -4,8 +4,10 @@ use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, OpenApi};
 
-use super::{path_id, ApiResult, BearerAuth, Ctx};
+use super::error::{ChangeErrors, LookupErrors, MemberErrors};
+use super::{ApiResult, BearerAuth, Ctx};
 use crate::model::dto::{AddMembersReq, CreateGroupReq, GroupVo};
+use crate::model::wire::{GroupId, UserId};
 
 pub struct GroupApi {
     pub(super) ctx: Ctx,
@@ -36,7 +38,7 @@ impl GroupApi {
         &self,
         auth: BearerAuth,
         body: Json<CreateGroupReq>,
-    ) -> ApiResult<CreateGroupResponse> {
+    ) -> ApiResult<CreateGroupResponse, LookupErrors> {
         let (services, user_id) = self.ctx.authed(&auth)?;
         let group = services.directory.create_group(user_id, body.0).await?;
         Ok(CreateGroupResponse::Created(Json(group)))
@@ -47,11 +49,12 @@ impl GroupApi {
     async fn get(
         &self,
         auth: BearerAuth,
-        #[oai(name = "groupId")] group_id: Path<String>,
-    ) -> ApiResult<Json<GroupVo>> {
+        #[oai(name = "groupId")] group_id: Path<GroupId>,
+    ) -> ApiResult<Json<GroupVo>, MemberErrors> {
         let (services, user_id) = self.ctx.authed(&auth)?;
-        let group_id = path_id("groupId", &group_id)?;
-        Ok(Json(services.directory.group(user_id, group_id).await?))
+        Ok(Json(
+            services.directory.group(user_id, group_id.get()).await?,
+        ))
     }
 
     /// Add members (owner only)
@@ -63,14 +66,13 @@ impl GroupApi {
     async fn add_members(
         &self,
         auth: BearerAuth,
-        #[oai(name = "groupId")] group_id: Path<String>,
+        #[oai(name = "groupId")] group_id: Path<GroupId>,
         body: Json<AddMembersReq>,
-    ) -> ApiResult<Json<GroupVo>> {
+    ) -> ApiResult<Json<GroupVo>, MemberErrors> {
         let (services, user_id) = self.ctx.authed(&auth)?;
-        let group_id = path_id("groupId", &group_id)?;
         let group = services
             .directory
-            .add_members(user_id, group_id, &body.user_ids)
+            .add_members(user_id, group_id.get(), &body.user_ids)
             .await?;
         Ok(Json(group))
     }
@@ -86,15 +88,13 @@ impl GroupApi {
     async fn remove_member(
         &self,
         auth: BearerAuth,
-        #[oai(name = "groupId")] group_id: Path<String>,
-        #[oai(name = "userId")] member_id: Path<String>,
-    ) -> ApiResult<RemoveMemberResponse> {
+        #[oai(name = "groupId")] group_id: Path<GroupId>,
+        #[oai(name = "userId")] member_id: Path<UserId>,
+    ) -> ApiResult<RemoveMemberResponse, ChangeErrors> {
         let (services, user_id) = self.ctx.authed(&auth)?;
-        let group_id = path_id("groupId", &group_id)?;
-        let member_id = path_id("userId", &member_id)?;
         services
             .directory
-            .remove_member(user_id, group_id, member_id)
+            .remove_member(user_id, group_id.get(), member_id.get())
             .await?;
         Ok(RemoveMemberResponse::NoContent)
     }

@@ -4,10 +4,12 @@ use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, OpenApi};
 
-use super::{path_id, ApiResult, BearerAuth, Ctx};
+use super::error::{MemberErrors, OwnErrors};
+use super::{ApiResult, BearerAuth, Ctx};
 use crate::model::dto::{
     AckReq, MarkReadReq, MessageVo, PullResp, SendAck, SendReq, SyncResp, UnreadResp, UpdatedResp,
 };
+use crate::model::wire::{Limit, MessageId, Seq, SessionId, MAX_BATCH, MAX_PAGE};
 
 pub struct MessageApi {
     pub(super) ctx: Ctx,
@@ -20,16 +22,16 @@ pub enum SendResponse {
     Accepted(Json<SendAck>),
 }
 
-fn default_pull_size() -> u32 {
-    20
+fn default_pull_size() -> Limit<MAX_PAGE> {
+    Limit::clamped(20)
 }
 
 fn default_true() -> bool {
     true
 }
 
-fn default_page_limit() -> u32 {
-    100
+fn default_batch() -> Limit<MAX_BATCH> {
+    Limit::clamped(100)
 }
 
 #[OpenApi(tag = "super::ApiTags::Messages")]
@@ -40,7 +42,11 @@ impl MessageApi {
     /// `clientMessageId`: a repeat answers the original's `SendAck`. Answers
     /// once the message is durable.
     #[oai(path = "/messages", method = "post", operation_id = "sendMessage")]
-    async fn send(&self, auth: BearerAuth, body: Json<SendReq>) -> ApiResult<SendResponse> {
+    async fn send(
+        &self,
+        auth: BearerAuth,
+        body: Json<SendReq>,
+    ) -> ApiResult<SendResponse, MemberErrors> {
         let (services, user_id) = self.ctx.authed(&auth)?;
         let pending = services.messages.send(user_id, body.0, None).await?;
         Ok(SendResponse::Accepted(Json(pending.await?)))
@@ -55,28 +61,25 @@ impl MessageApi {
     async fn pull(
         &self,
         auth: BearerAuth,
-        #[oai(name = "sessionId")] session_id: Query<String>,
-        /// Return messages after this one.
+        #[oai(name = "sessionId")] session_id: Query<SessionId>,
+        /// Return messages after this one (of this session).
         #[oai(name = "lastMessageId")]
-        last_message_id: Query<Option<String>>,
-        /// Page size, 1-200.
-        #[oai(
-            default = "default_pull_size",
-            validator(minimum(value = "1"), maximum(value = "200"))
-        )]
-        size: Query<u32>,
+        last_message_id: Query<Option<MessageId>>,
+        /// Page size (default 20).
+        #[oai(default = "default_pull_size")]
+        size: Query<Limit<MAX_PAGE>>,
         /// Mark returned messages `read` (else `delivered`).
         #[oai(name = "markRead", default = "default_true")]
         mark_read: Query<bool>,
-    ) -> ApiResult<Json<PullResp>> {
+    ) -> ApiResult<Json<PullResp>, MemberErrors> {
         let (services, user_id) = self.ctx.authed(&auth)?;
         let page = services
             .messages
             .pull(
                 user_id,
-                &session_id,
-                last_message_id.as_deref(),
-                size.0 as usize,
+                session_id.get(),
+                last_message_id.0.map(MessageId::get),
+                size.0,
                 mark_read.0,
             )
             .await?;
@@ -94,17 +97,12 @@ impl MessageApi {
     async fn unread(
         &self,
         auth: BearerAuth,
-        /// Page size, 1-500.
-        #[oai(
-            default = "default_page_limit",
-            validator(minimum(value = "1"), maximum(value = "500"))
-        )]
-        limit: Query<u32>,
-    ) -> ApiResult<Json<UnreadResp>> {
+        /// Page size (default 100).
+        #[oai(default = "default_batch")]
+        limit: Query<Limit<MAX_BATCH>>,
+    ) -> ApiResult<Json<UnreadResp>, OwnErrors> {
         let (services, user_id) = self.ctx.authed(&auth)?;
-        Ok(Json(
-            services.messages.unread(user_id, limit.0 as usize).await?,
-        ))
+        Ok(Json(services.messages.unread(user_id, limit.0).await?))
     }
 
     /// Multi-device sync by inbox cursor
@@ -116,19 +114,16 @@ impl MessageApi {
         &self,
         auth: BearerAuth,
         /// The cursor: the last `inboxSeq` already seen (0: from the start).
-        #[oai(name = "afterInboxSeq", default, validator(minimum(value = "0")))]
-        after_inbox_seq: Query<i64>,
-        /// Page size, 1-500.
-        #[oai(
-            default = "default_page_limit",
-            validator(minimum(value = "1"), maximum(value = "500"))
-        )]
-        limit: Query<u32>,
-    ) -> ApiResult<Json<SyncResp>> {
+        #[oai(name = "afterInboxSeq", default)]
+        after_inbox_seq: Query<Seq>,
+        /// Page size (default 100).
+        #[oai(default = "default_batch")]
+        limit: Query<Limit<MAX_BATCH>>,
+    ) -> ApiResult<Json<SyncResp>, OwnErrors> {
         let (services, user_id) = self.ctx.authed(&auth)?;
         let page = services
             .messages
-            .sync(user_id, after_inbox_seq.0, limit.0 as usize)
+            .sync(user_id, after_inbox_seq.0, limit.0)
             .await?;
         Ok(Json(page))
     }
@@ -138,11 +133,15 @@ impl MessageApi {
     /// `ackType` `received` or `read`; only the caller's own inbox entries
     /// change, and never backwards.
     #[oai(path = "/messages/ack", method = "post", operation_id = "ackMessages")]
-    async fn ack(&self, auth: BearerAuth, body: Json<AckReq>) -> ApiResult<Json<UpdatedResp>> {
+    async fn ack(
+        &self,
+        auth: BearerAuth,
+        body: Json<AckReq>,
+    ) -> ApiResult<Json<UpdatedResp>, OwnErrors> {
         let (services, user_id) = self.ctx.authed(&auth)?;
         let updated = services
             .messages
-            .ack(user_id, &body.message_ids, &body.ack_type)
+            .ack(user_id, &body.message_ids, body.ack_type)
             .await?;
         Ok(Json(UpdatedResp { updated }))
     }
@@ -159,11 +158,11 @@ impl MessageApi {
         &self,
         auth: BearerAuth,
         body: Json<MarkReadReq>,
-    ) -> ApiResult<Json<UpdatedResp>> {
+    ) -> ApiResult<Json<UpdatedResp>, MemberErrors> {
         let (services, user_id) = self.ctx.authed(&auth)?;
         let updated = services
             .messages
-            .mark_read(user_id, &body.session_id, body.up_to_seq)
+            .mark_read(user_id, body.session_id.get(), body.up_to_seq)
             .await?;
         Ok(Json(UpdatedResp { updated }))
     }
@@ -180,10 +179,10 @@ impl MessageApi {
     async fn recall(
         &self,
         auth: BearerAuth,
-        #[oai(name = "messageId")] message_id: Path<String>,
-    ) -> ApiResult<Json<MessageVo>> {
+        #[oai(name = "messageId")] message_id: Path<MessageId>,
+    ) -> ApiResult<Json<MessageVo>, MemberErrors> {
         let (services, user_id) = self.ctx.authed(&auth)?;
-        let message_id = path_id("messageId", &message_id)?;
-        Ok(Json(services.messages.recall(user_id, message_id).await?))
+        let message = services.messages.recall(user_id, message_id.get()).await?;
+        Ok(Json(message))
     }
 }

@@ -29,9 +29,12 @@ use poem_openapi::auth::Bearer;
 use poem_openapi::registry::{MetaApi, Registry};
 use poem_openapi::{OpenApi, OpenApiService, SecurityScheme, Tags};
 
-use crate::error::AppError;
-use crate::model::parse_id;
-use crate::service::{AuthService, Services};
+use crate::error::{AppError, AppResult};
+use crate::model::dto::SendReq;
+use crate::service::auth::Caller;
+#[cfg(test)]
+use crate::service::AuthService;
+use crate::service::{Services, Tokens};
 
 pub use error::{error_from_poem, error_response, json_errors, ApiError, ApiResult};
 pub use middleware::{rest_op, MAX_BODY_BYTES};
@@ -56,11 +59,19 @@ enum ApiTags {
 /// What the bearer checker verifies tokens with, put into the request data
 /// of every operation by [`Apis::add_routes`].
 #[derive(Clone)]
-struct TokenVerifier(Arc<AuthService>);
+enum TokenVerifier {
+    /// A serving API: signature and validity, then the user's existence
+    /// and revocations.
+    Full(Arc<Tokens>),
+    /// The spec-only API of unit tests: signature and validity only (it
+    /// has no store to ask, and every operation answers 503 anyway).
+    #[cfg(test)]
+    SignatureOnly(Arc<AuthService>),
+}
 
 /// `Authorization: Bearer <token>`, with the token of `POST /auth/login`.
-/// Yields the caller's user id; a missing or bad token is `401
-/// unauthenticated`.
+/// Yields the caller (user id and token); a missing, bad, expired or
+/// revoked token, or one of an unknown user, is `401 unauthenticated`.
 #[derive(SecurityScheme)]
 #[oai(
     rename = "BearerAuth",
@@ -68,13 +79,18 @@ struct TokenVerifier(Arc<AuthService>);
     bearer_format = "JWT",
     checker = "verify_bearer"
 )]
-pub struct BearerAuth(pub u64);
+pub struct BearerAuth(pub Caller);
 
-async fn verify_bearer(req: &Request, bearer: Bearer) -> poem::Result<u64> {
+async fn verify_bearer(req: &Request, bearer: Bearer) -> poem::Result<Caller> {
     let verifier = req
         .data::<TokenVerifier>()
         .ok_or_else(|| AppError::Unavailable(SPEC_ONLY.into()))?;
-    Ok(verifier.0.verify(&bearer.token)?)
+    let caller = match verifier {
+        TokenVerifier::Full(tokens) => tokens.authenticate(&bearer.token).await?,
+        #[cfg(test)]
+        TokenVerifier::SignatureOnly(auth) => auth.verify(&bearer.token)?,
+    };
+    Ok(caller)
 }
 
 const SPEC_ONLY: &str = "this API instance only describes the spec";
@@ -85,22 +101,19 @@ pub(crate) struct Ctx {
     services: Option<Services>,
 }
 
+// These answer `AppResult`: `?` turns an `AppError` into the `ApiError`
+// of any operation, whatever statuses it documents.
 impl Ctx {
-    fn services(&self) -> ApiResult<&Services> {
+    fn services(&self) -> AppResult<&Services> {
         self.services
             .as_ref()
-            .ok_or_else(|| ApiError(AppError::Unavailable(SPEC_ONLY.into())))
+            .ok_or_else(|| AppError::Unavailable(SPEC_ONLY.into()))
     }
 
     /// The services and the caller's user id.
-    fn authed(&self, auth: &BearerAuth) -> ApiResult<(&Services, u64)> {
-        Ok((self.services()?, auth.0))
+    fn authed(&self, auth: &BearerAuth) -> AppResult<(&Services, u64)> {
+        Ok((self.services()?, auth.0.user_id))
     }
-}
-
-/// Parses a path id (a string of decimal digits) as `400 invalid_argument`.
-fn path_id(field: &str, raw: &str) -> ApiResult<u64> {
-    Ok(parse_id(field, raw)?)
 }
 
 type AreaApis = (
@@ -125,6 +138,7 @@ impl OpenApi for Apis {
 
     fn register(registry: &mut Registry) {
         AreaApis::register(registry);
+        SendReq::refine_schema(registry);
     }
 
     fn add_routes(self, route_table: &mut HashMap<String, HashMap<Method, BoxEndpoint<'static>>>) {
@@ -144,7 +158,9 @@ impl OpenApi for Apis {
 }
 
 fn service(services: Option<Services>) -> OpenApiService<Apis, ()> {
-    let verifier = services.as_ref().map(|s| TokenVerifier(s.auth.clone()));
+    let verifier = services
+        .as_ref()
+        .map(|s| TokenVerifier::Full(s.tokens.clone()));
     build(services, verifier)
 }
 
@@ -191,7 +207,8 @@ mod tests {
 
     /// The spec-only API, with a token verifier (no other services).
     async fn call(method: Method, uri: &str, headers: &[(&str, &str)], body: Body) -> Response {
-        let verifier = TokenVerifier(Arc::new(AuthService::new(SECRET, 60).unwrap()));
+        let verifier =
+            TokenVerifier::SignatureOnly(Arc::new(AuthService::new(SECRET, 60).unwrap()));
         let app = json_errors(Route::new().nest(BASE_PATH, build(None, Some(verifier))));
         let mut req = Request::builder().method(method).uri_str(uri);
         for (k, v) in headers {
@@ -217,7 +234,7 @@ mod tests {
     fn token() -> String {
         let token = AuthService::new(SECRET, 60)
             .unwrap()
-            .issue(7)
+            .issue(7, 1)
             .unwrap()
             .token;
         format!("Bearer {token}")
@@ -376,6 +393,8 @@ mod tests {
         for path in [
             "/auth/register:",
             "/auth/login:",
+            "/auth/logout:",
+            "/auth/logout-all:",
             "/users/me:",
             "/users/{userId}:",
             "/presence:",
