@@ -337,8 +337,17 @@ impl AsyncWrite for TrackedStream {
         self.io.is_write_vectored()
     }
 
+    /// While discarding, a flush also reads and drops input until the
+    /// client closes: the WebSocket layer no longer reads after it failed,
+    /// so closing the WebSocket (which flushes) is what drains the socket.
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+        let this = self.get_mut();
+        match Pin::new(&mut this.io).poll_flush(cx) {
+            Poll::Ready(Ok(())) if this.ticket.discarding.load(Ordering::Relaxed) => {
+                poll_discard(&mut this.io, cx)
+            }
+            other => other,
+        }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
