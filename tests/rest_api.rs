@@ -1413,6 +1413,18 @@ async fn served_spec_declares_nullable_fields_and_rules() {
         field("AckReq", "messageIds", "maxItems").as_u64(),
         Some(500)
     );
+    // Exactly one of `toUserId` and `groupId`.
+    let one_of = at(&spec, &["components", "schemas", "SendReq", "oneOf"]);
+    let required: Vec<&str> = one_of
+        .as_sequence()
+        .map(|branches| {
+            branches
+                .iter()
+                .filter_map(|b| b["required"][0].as_str())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(required, ["toUserId", "groupId"]);
     let ack_types = field("AckReq", "ackType", "enum");
     let ack_types: Vec<&str> = ack_types
         .as_sequence()

@@ -121,7 +121,8 @@ impl SendReq {
     /// `toUserId` and `groupId` is a string (the other absent or null).
     /// `MessageService::send` checks the same.
     pub fn refine_schema(registry: &mut Registry) {
-        let Some(schema) = registry.schemas.get_mut("SendReq") else {
+        let type_name = <SendReq as poem_openapi::types::Type>::name();
+        let Some(schema) = registry.schemas.get_mut(type_name.as_ref()) else {
             return;
         };
         let string_field = |name: &'static str| {

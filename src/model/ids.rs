@@ -2,8 +2,6 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::error::AppError;
-
 /// Milliseconds between the Unix epoch and Herald's id epoch (2024-01-01).
 const ID_EPOCH_MS: u64 = 1_704_067_200_000;
 const NODE_BITS: u32 = 10;
@@ -78,11 +76,6 @@ pub fn decimal_id(raw: &str) -> Option<u64> {
     well_formed.then(|| raw.parse().ok()).flatten()
 }
 
-/// Parses an id string; `field` names it in the error.
-pub fn parse_id(field: &str, value: &str) -> Result<u64, AppError> {
-    decimal_id(value).ok_or_else(|| AppError::invalid(format!("{field} must be {ID_RULE}")))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,23 +96,23 @@ mod tests {
     }
 
     #[test]
-    fn parse_id_rejects_non_digits() {
-        assert_eq!(parse_id("x", "42").unwrap(), 42);
-        assert!(parse_id("x", "").is_err());
-        assert!(parse_id("x", "-1").is_err());
-        assert!(parse_id("x", "+1").is_err());
-        assert!(parse_id("x", "0").is_err());
-        assert!(parse_id("x", "12a").is_err());
-        assert!(parse_id("x", "0123").is_err());
-        assert!(parse_id("x", "99999999999999999999999").is_err());
+    fn decimal_ids_are_digits_without_leading_zeros() {
+        assert_eq!(decimal_id("42"), Some(42));
         assert_eq!(
-            parse_id("x", "9999999999999999999").unwrap(),
-            9_999_999_999_999_999_999
+            decimal_id("9999999999999999999"),
+            Some(9_999_999_999_999_999_999)
         );
-        let zero = parse_id("x", "0").unwrap_err().to_string();
-        assert!(
-            zero.contains("positive") && zero.contains("leading zeros"),
-            "{zero}"
-        );
+        for bad in [
+            "",
+            "-1",
+            "+1",
+            "0",
+            "12a",
+            "0123",
+            " 1",
+            "10000000000000000000",
+        ] {
+            assert_eq!(decimal_id(bad), None, "{bad:?}");
+        }
     }
 }

@@ -6,5 +6,5 @@ pub mod ids;
 pub mod message;
 pub mod wire;
 
-pub use ids::{parse_id, IdGenerator};
+pub use ids::IdGenerator;
 pub use message::*;

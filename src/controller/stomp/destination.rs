@@ -1,5 +1,7 @@
 //! The destinations a STOMP client may use.
 
+use crate::model::ids::decimal_id;
+
 /// A destination a client may SUBSCRIBE to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SubscribeTarget {
@@ -51,8 +53,9 @@ pub fn parse_topic(dest: &str) -> Option<TopicName> {
     }
     let rest = rest.strip_prefix("session.")?;
     let (sid, name) = rest.split_once('.')?;
-    let sid_ok = !sid.is_empty() && sid.len() <= 20 && sid.bytes().all(|b| b.is_ascii_digit());
-    let session = sid.parse::<u64>().ok().filter(|_| sid_ok)?;
+    // As everywhere an id is given: no leading zeros, so one session has
+    // one destination.
+    let session = decimal_id(sid)?;
     valid_name(name).then(|| TopicName {
         destination: dest.to_string(),
         session: Some(session),
@@ -95,6 +98,8 @@ mod tests {
         assert!(parse_topic("/topic/public.a b").is_none());
         assert!(parse_topic("/topic/session.x.typing").is_none());
         assert!(parse_topic("/topic/session.42").is_none());
+        assert!(parse_topic("/topic/session.042.typing").is_none());
+        assert!(parse_topic("/topic/session.0.typing").is_none());
         assert!(parse_topic("/topic/other.a").is_none());
         assert_eq!(parse_send("/app/send"), Some(SendTarget::AppSend));
         assert_eq!(parse_send("/app/nope"), None);
