@@ -119,7 +119,13 @@ async fn a_flood_of_waiting_connections_cannot_lock_others_out() {
     let first = flood.first_mut().unwrap();
     assert!(closed_within(first, Duration::from_secs(2)).is_some());
     let metrics = http_get(s.port(), "/metrics", "");
-    assert!(metrics.contains("herald_tcp_connections_evicted_total"));
+    let evicted: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("herald_tcp_connections_evicted_total"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(evicted >= 1.0, "no eviction counted:\n{metrics}");
 }
 
 #[tokio::test]

@@ -55,10 +55,7 @@ impl Quotas for RedisQuotas {
             .invoke_async(&mut conn)
             .await
             .map_err(redis_error)?;
-        Ok(WindowCount {
-            count,
-            resets_in: Duration::from_millis(u64::try_from(left_ms).unwrap_or(0)),
-        })
+        Ok(window_count(count, left_ms))
     }
 
     async fn peek(&self, tally: &Tally) -> BackendResult<WindowCount> {
@@ -68,10 +65,7 @@ impl Quotas for RedisQuotas {
             .invoke_async(&mut conn)
             .await
             .map_err(redis_error)?;
-        Ok(WindowCount {
-            count,
-            resets_in: Duration::from_millis(u64::try_from(left_ms).unwrap_or(0)),
-        })
+        Ok(window_count(count, left_ms))
     }
 
     async fn uncount(&self, tally: &Tally) -> BackendResult<()> {
@@ -92,5 +86,14 @@ impl Quotas for RedisQuotas {
             .await
             .map_err(redis_error)?;
         Ok(())
+    }
+}
+
+/// A window count as the scripts answer it: the count and the
+/// milliseconds until the window resets (negative when it has no expiry).
+fn window_count(count: u64, left_ms: i64) -> WindowCount {
+    WindowCount {
+        count,
+        resets_in: Duration::from_millis(u64::try_from(left_ms).unwrap_or(0)),
     }
 }
